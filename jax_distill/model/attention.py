@@ -1,0 +1,55 @@
+"""Attention behind one function: an XLA reference and `jax.nn.dot_product_attention` (cuDNN on GPU).
+
+Masks are built from segment ids and slot indices, so one rule covers causal training, packed rows (several
+documents per row) and decoding against a KV cache: key j is visible to query i iff both belong to the same
+non-padding document (segment id > 0) and j's slot is not after i's.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Finite (not -inf) so that a fully masked row (a padding query) gives a uniform softmax instead of NaNs.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def make_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_slots: jax.Array, kv_slots: jax.Array) -> jax.Array:
+    """Boolean attention mask.
+
+    Args: q_segment_ids int32 [B, Sq]; kv_segment_ids int32 [B, Sk] (0 = padding / empty cache slot);
+      q_slots int32 [Sq] or [B, Sq]; kv_slots int32 [Sk] (row-local order used for causality).
+    Returns: bool [B, 1, Sq, Sk] (broadcast over heads).
+    """
+    q_slots = jnp.broadcast_to(q_slots, q_segment_ids.shape)
+    same_doc = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    causal = kv_slots[None, None, :] <= q_slots[:, :, None]
+    valid = (kv_segment_ids != 0)[:, None, :]
+    return (same_doc & causal & valid)[:, None, :, :]
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Reference grouped-query attention; softmax in float32.
+
+    q [B, Sq, H, D]; k, v [B, Sk, K, D] with H % K == 0; mask bool [B, 1, Sq, Sk]. Returns [B, Sq, H, D] in q.dtype.
+    """
+    b, sq, h, d = q.shape
+    kh = k.shape[2]
+    qg = q.reshape(b, sq, kh, h // kh, d)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) * (d**-0.5)
+    scores = jnp.where(mask[:, :, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, sq, h, d).astype(q.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str = "xla") -> jax.Array:
+    """Dispatch on ``impl``: "xla" (reference), "dot_product" (jax.nn.dot_product_attention, backend's choice),
+    "cudnn" (force the cuDNN flash kernel; GPU, bf16/fp16 only). Shapes as in :func:`xla_attention`."""
+    if impl == "xla":
+        return xla_attention(q, k, v, mask)
+    if impl in ("dot_product", "cudnn"):
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=mask, implementation="cudnn" if impl == "cudnn" else None
+        ).astype(q.dtype)
+    raise ValueError(f"unknown attention implementation {impl!r} (xla, dot_product, cudnn)")

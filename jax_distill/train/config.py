@@ -1,0 +1,72 @@
+"""The run config: one file in configs/ holds the model, the mesh, both SFT stages, optimizer and checkpointing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from jax_distill.data.config import DataConfig
+from jax_distill.model.config import ModelConfig
+from jax_distill.sharding import MeshConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warmup then decay, global-norm clipping. Weight decay is masked off norms and biases."""
+
+    learning_rate: float = 1e-5
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # final lr = learning_rate * min_lr_ratio
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float | None = 1.0
+
+
+@dataclass
+class StageConfig:
+    """One SFT stage. Unset fields (None) fall back to the run's ``train`` section."""
+
+    name: str = "stage"
+    data: DataConfig = field(default_factory=DataConfig)
+    eval_data: DataConfig | None = None  # held-out loss; None = no held-out evaluation
+    steps: int | None = None
+    batch_size: int | None = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reset_optimizer: bool = True  # a later stage starts from the previous stage's weights with a fresh optimizer
+    # For the cost model: tokens in one pass over this stage's data and passes planned (the paper's scale).
+    dataset_tokens: int | None = None
+    epochs: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100  # default steps per stage (`train.steps=N` overrides every stage that does not set its own)
+    batch_size: int = 8  # global batch, in packed rows of data.seq_len tokens
+    grad_accum: int = 1  # micro-batches per step (batch_size must divide by it)
+    log_every: int = 1
+    eval_every: int = 0  # 0 = held-out loss only at the end of each stage
+    eval_batches: int = 4
+    mfu_peak_flops: float | None = None  # per-device peak FLOP/s for MFU; None = look up by device kind
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str | None = None  # None = <output_dir>/checkpoints
+    every: int = 100  # steps between saves (and one at the end of each stage)
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs/run"
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(preset="tiny"))
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
