@@ -1,0 +1,195 @@
+"""The sharded, jitted SFT step: chunked cross-entropy over response tokens, gradient accumulation, AdamW.
+
+Train state is a plain dict pytree — ``{"params", "opt_state", "step", "rng"}`` — so that Orbax, optax and jit all see
+the same structure. Loss normalisation: the loss of a step is the sum of token cross-entropies over every
+``loss_mask`` token of the *global* batch (all micro-batches, all hosts) divided by the number of such tokens; so
+k accumulated micro-batches give exactly the gradient of one batch k times larger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jax_distill.model.config import ModelConfig
+from jax_distill.model.qwen2 import Qwen2ForCausalLM, param_axes
+from jax_distill.sharding import batch_sharding, named_sharding
+
+BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
+
+
+class StepFns(NamedTuple):
+    """Compiled entry points for one (model, optimizer, mesh, batch shape)."""
+
+    init: Callable  # (params) -> state
+    step: Callable  # (state, batch) -> (state, metrics)
+    eval_loss: Callable  # (params, batch) -> {"loss_sum", "tokens"}
+    state_shardings: Any
+    batch_sharding: NamedSharding
+    graphdef: Any
+
+
+def param_shardings(model: Qwen2ForCausalLM | Any, mesh: Mesh) -> Any:
+    """NamedSharding pytree for the model's parameters (pure-dict structure), from their logical axes."""
+    state = nnx.state(model, nnx.Param)
+    axes = param_axes(state).to_pure_dict()
+    shapes = jax.tree.map(lambda v: v.shape, state.to_pure_dict())
+    return jax.tree.map(lambda ax, shp: named_sharding(mesh, ax, shp), axes, shapes,
+                        is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x))
+
+
+def chunked_cross_entropy(h: jax.Array, head: jax.Array, targets: jax.Array, mask: jax.Array,
+                          chunk: int = 2048) -> tuple[jax.Array, jax.Array]:
+    """Sum of masked token cross-entropies and the token count, never holding all [B, S, V] logits.
+
+    h [B, S, D] compute dtype; head [D, V]; targets int32 [B, S]; mask float32 [B, S]. Logits and the log-softmax are
+    float32. The sequence is processed in chunks under `jax.checkpoint`, so the backward pass recomputes each chunk's
+    logits instead of storing them (a 16k x 152k fp32 logit tensor would be ~10 GB per sequence).
+    """
+    b, s, d = h.shape
+    c = min(chunk, s)
+    while s % c:
+        c -= 1
+
+    @jax.checkpoint
+    def one(args):
+        hc, tc, mc = args
+        logits = jnp.einsum("bsd,dv->bsv", hc, head, preferred_element_type=jnp.float32)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        tgt = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
+        return jnp.sum((lse - tgt) * mc)
+
+    n = s // c
+    hs = h.reshape(b, n, c, d).swapaxes(0, 1)
+    ts = targets.reshape(b, n, c).swapaxes(0, 1)
+    ms = mask.reshape(b, n, c).swapaxes(0, 1)
+    losses = jax.lax.map(one, (hs, ts, ms))
+    return jnp.sum(losses), jnp.sum(mask)
+
+
+def loss_terms(graphdef: Any, params: Any, batch: dict[str, jax.Array], chunk: int = 2048):
+    """(sum of masked CE, number of loss tokens) for one micro-batch of [B, S] arrays."""
+    model = nnx.merge(graphdef, params)
+    h, _ = model.hidden_states(batch["input_ids"], batch["positions"], batch["segment_ids"])
+    return chunked_cross_entropy(h, model.head_weight(), batch["targets"], batch["loss_mask"].astype(jnp.float32),
+                                 chunk)
+
+
+def make_train_step(graphdef: Any, optimizer: optax.GradientTransformation, grad_accum: int = 1,
+                    loss_chunk: int = 2048):
+    """The pure step function ``(state, batch) -> (state, metrics)``; batch arrays are [global_batch, S]."""
+
+    def grads_of(params, micro):
+        (loss_sum, tokens), grads = jax.value_and_grad(
+            lambda p: _with_aux(loss_terms(graphdef, p, micro, loss_chunk)), has_aux=True)(params)
+        return loss_sum, tokens, grads
+
+    def step(state, batch):
+        params = state["params"]
+        if grad_accum == 1:
+            loss_sum, tokens, grads = grads_of(params, batch)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
+
+            def acc(carry, mb):
+                l, t, g = grads_of(params, mb)
+                return (carry[0] + l, carry[1] + t, jax.tree.map(jnp.add, carry[2], g)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            (loss_sum, tokens, grads), _ = jax.lax.scan(acc, (0.0, 0.0, zeros), micro)
+        denom = jnp.maximum(tokens, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        metrics = {
+            "loss": loss_sum / denom,
+            "grad_norm": optax.global_norm(grads),
+            "loss_tokens": tokens,
+        }
+        new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+        return new_state, metrics
+
+    return step
+
+
+def _with_aux(terms):
+    loss_sum, tokens = terms
+    return loss_sum, tokens
+
+
+def build_step_fns(model: Qwen2ForCausalLM | Any, optimizer: optax.GradientTransformation, mesh: Mesh, *,
+                   grad_accum: int = 1, loss_chunk: int = 2048, donate: bool = True) -> StepFns:
+    """Jit the init/step/eval functions with explicit shardings for ``mesh``.
+
+    ``model`` may be abstract (``nnx.eval_shape``): nothing is allocated here, so the same call serves AOT planning.
+    Params are sharded by the logical-axis rules; optimizer moments follow their parameter; the batch is split over
+    the (data, fsdp) axes; metrics are replicated.
+    """
+    graphdef, _ = nnx.split(model)
+    p_shard = param_shardings(model, mesh)
+    abstract_params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype),
+                                   nnx.state(model, nnx.Param).to_pure_dict())
+    replicated = NamedSharding(mesh, P())
+
+    def init(params):
+        return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32),
+                "rng": jax.random.key_data(jax.random.key(0))}
+
+    # Optimizer moments are sharded like their parameter; counters and other scalars are replicated.
+    state_shapes = jax.eval_shape(init, abstract_params)
+    opt_shard = optax.tree_utils.tree_map_params(
+        optimizer, lambda _, s: s, state_shapes["opt_state"], p_shard,
+        transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, NamedSharding))
+    state_shardings = {"params": p_shard, "opt_state": opt_shard, "step": replicated, "rng": replicated}
+    b_shard = batch_sharding(mesh)
+    batch_shardings = {k: b_shard for k in BATCH_KEYS}
+    step_fn = make_train_step(graphdef, optimizer, grad_accum, loss_chunk)
+    jit_init = jax.jit(init, in_shardings=(p_shard,), out_shardings=state_shardings)
+    jit_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                       out_shardings=(state_shardings, replicated), donate_argnums=(0,) if donate else ())
+
+    def eval_fn(params, batch):
+        loss_sum, tokens = loss_terms(graphdef, params, batch, loss_chunk)
+        return {"loss_sum": loss_sum, "tokens": tokens}
+
+    jit_eval = jax.jit(eval_fn, in_shardings=(p_shard, batch_shardings), out_shardings=replicated)
+    return StepFns(jit_init, jit_step, jit_eval, state_shardings, b_shard, graphdef)
+
+
+def abstract_train_step(model_cfg: ModelConfig, mesh: Mesh, *, batch_size: int, seq_len: int,
+                        optimizer: optax.GradientTransformation | None = None, grad_accum: int = 1,
+                        loss_chunk: int = 2048):
+    """(jitted step, abstract args) for AOT compilation on any mesh (e.g. TPU topology devices); allocates nothing.
+
+    ``jitted.lower(*args).compile()`` is the real training step of ``model_cfg`` at [batch_size, seq_len].
+    """
+    from jax_distill.model.qwen2 import init_model
+
+    model = nnx.eval_shape(lambda: init_model(model_cfg))
+    optimizer = optimizer or optax.adamw(1e-5)
+    fns = build_step_fns(model, optimizer, mesh, grad_accum=grad_accum, loss_chunk=loss_chunk)
+    params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.state(model, nnx.Param).to_pure_dict())
+    state = jax.eval_shape(fns.init, params)
+    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, fns.state_shardings)
+    batch = {k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.float32 if k == "loss_mask" else jnp.int32,
+                                     sharding=fns.batch_sharding) for k in BATCH_KEYS}
+    return fns.step, (state, batch)
+
+
+def model_params(model: Qwen2ForCausalLM) -> Any:
+    """The model's parameters as a plain nested dict of arrays (the ``params`` entry of the train state)."""
+    return nnx.state(model, nnx.Param).to_pure_dict()
+
+
+def model_from_params(graphdef: Any, params: Any) -> Qwen2ForCausalLM:
+    return nnx.merge(graphdef, params)
+
+
+def with_execution(cfg: ModelConfig, **changes: Any) -> ModelConfig:
+    return dataclasses.replace(cfg, **changes)
