@@ -1,0 +1,72 @@
+"""Decode tokens/s of our jitted KV-cache sampler vs transformers `generate` (KV cache), and the bandwidth floor.
+
+bench-small fp32, batch 8, prompt 64, 256 new tokens, greedy, no early stop.
+
+    python benchmarks/bench_decode.py
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import common  # noqa: F401
+import numpy as np
+import torch
+from _record import record
+from common import hf_bench_small, threads_note
+
+from jax_distill import generate, load_pretrained
+
+B, P, NEW = 8, 64, 256
+
+
+def memory_bandwidth() -> float:
+    """Measured host memory copy bandwidth in bytes/s (read + write counted)."""
+    a = np.ones(64 * 2**20 // 8)
+    b = np.empty_like(a)
+    best = min(_t(lambda: np.copyto(b, a)) for _ in range(5))
+    return 2 * a.nbytes / best
+
+
+def _t(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        hf = hf_bench_small(Path(d))
+        ours = load_pretrained(d)
+    prompts = np.random.default_rng(0).integers(0, 8192, (B, P))
+    plist = prompts.tolist()
+    generate(ours, plist, max_new_tokens=NEW, stop_ids=[])  # compile
+    t_ours = min(_t(lambda: generate(ours, plist, max_new_tokens=NEW, stop_ids=[])) for _ in range(3))
+    tp = torch.tensor(prompts).long()
+    with torch.no_grad():
+        hf.generate(tp, max_new_tokens=8, do_sample=False, min_new_tokens=8, pad_token_id=0)
+        t_ref = min(_t(lambda: hf.generate(tp, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+                                           pad_token_id=0)) for _ in range(2))
+    n_params = sum(p.numel() for p in hf.parameters())
+    bw = memory_bandwidth()
+    # Each decode step must stream every weight once plus the KV cache written so far (on average half full).
+    kv_bytes = 2 * 8 * B * (P + NEW / 2) * 2 * 64 * 4
+    floor_step = (n_params * 4 + kv_bytes) / bw
+    new_tok = B * NEW
+    body = (f"bench-small, fp32, batch {B}, prompt {P}, {NEW} new tokens, greedy, no early stop; "
+            f"includes prefill (best of runs).\n\n"
+            f"| implementation | new tokens/s |\n|---|---|\n"
+            f"| jax_distill `generate` (prefill + while_loop, jit) | {new_tok / t_ours:,.0f} |\n"
+            f"| transformers `generate` + PyTorch {torch.__version__} (KV cache) | {new_tok / t_ref:,.0f} |\n"
+            f"| bandwidth floor: {n_params * 4 / 1e6:.0f} MB weights + ~{kv_bytes / 1e6:.0f} MB KV per step at "
+            f"{bw / 1e9:.1f} GB/s measured copy bandwidth | {B / floor_step:,.0f} (ceiling) |\n\n"
+            f"Ratio ours / transformers: **{t_ref / t_ours:.2f}x**; ours reaches {(new_tok / t_ours) / (B / floor_step):.0%} "
+            f"of the bandwidth ceiling. ({threads_note()})\n\n"
+            "Reproduce: `python benchmarks/bench_decode.py`")
+    record("Decode (issue 5)", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Shapes shared by the benchmarks (../shared/bench/README.md) and small timing helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# bench-small, as a transformers Qwen2Config (fp32, tied embeddings).
+BENCH_SMALL = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                   num_key_value_heads=2, vocab_size=8192, max_position_embeddings=4096, tie_word_embeddings=True,
+                   rope_theta=1e6, rms_norm_eps=1e-6)
+
+
+def hf_bench_small(tmp: Path, seed: int = 0):
+    """A random bench-small transformers model saved to ``tmp`` (the same weights load into ours)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(**BENCH_SMALL)).eval()
+    model.save_pretrained(tmp)
+    return model
+
+
+def best_of(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Fastest wall time of ``repeats`` calls after ``warmup`` calls (least disturbed by other load)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def xla_matmul_peak(n: int = 2048, dtype: str = "float32") -> float:
+    """Measured FLOP/s of an n^3 matmul under XLA on the default device."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    t = best_of(lambda: f(a).block_until_ready(), repeats=5)
+    return 2 * n**3 / t
+
+
+def torch_matmul_peak(n: int = 2048) -> float:
+    import torch
+
+    a = torch.ones(n, n)
+    t = best_of(lambda: a @ a, repeats=5)
+    return 2 * n**3 / t
+
+
+def threads_note() -> str:
+    import torch
+
+    return f"torch threads {torch.get_num_threads()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"

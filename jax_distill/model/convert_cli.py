@@ -1,0 +1,37 @@
+"""`jax-distill convert`: Hugging Face safetensors <-> Orbax, in either direction."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "convert a model between Hugging Face safetensors and an Orbax checkpoint (either direction)"
+DESCRIPTION = """Convert model weights. The direction follows the source: a Hugging Face directory (config.json +
+safetensors) becomes an Orbax params checkpoint; an Orbax params checkpoint, or a training checkpoint directory
+(latest step), becomes a Hugging Face directory that transformers and vLLM load."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="src", required=True, help="source: HF dir, Orbax params dir, or training checkpoint dir")
+    p.add_argument("--to", dest="dst", required=True, help="destination directory")
+    p.add_argument("--dtype", default=None, help="storage dtype of the output (float32, bfloat16); default: the source's")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from jax_distill.model.hf_io import save_pretrained
+    from jax_distill.model.orbax_io import load_any, save_orbax, source_kind
+
+    kind = source_kind(args.src)
+    dtype = args.dtype
+    if dtype is None and kind in ("hf", "orbax"):
+        dtype = json.loads((Path(args.src) / "config.json").read_text()).get("torch_dtype") or "float32"
+    model = load_any(args.src, dtype or "float32")
+    if kind == "hf":
+        out = save_orbax(model, args.dst)
+        print(f"wrote Orbax params checkpoint {out}")
+    else:
+        out = save_pretrained(model, args.dst, dtype=dtype)
+        print(f"wrote Hugging Face model {out}")
+    return 0

@@ -1,0 +1,83 @@
+"""Parameters-only Orbax checkpoints of a model (what `jax-distill convert` writes), and loading any model source.
+
+Layout: ``DIR/config.json`` (Hugging Face style, so the architecture travels with the weights) and ``DIR/params``
+(an Orbax StandardCheckpointer tree of the parameter pytree, restorable onto any mesh).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from jax_distill.model.config import from_hf_config
+from jax_distill.model.qwen2 import Qwen2ForCausalLM, init_model
+
+
+def save_orbax(model: Qwen2ForCausalLM, path: str | Path) -> Path:
+    """Write ``model``'s parameters as an Orbax checkpoint plus its config.json."""
+    import orbax.checkpoint as ocp
+
+    out = Path(path).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    params = nnx.state(model, nnx.Param).to_pure_dict()
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(out / "params", params, force=True)
+        ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+        (out / "config.json").write_text(json.dumps(model.config.to_hf_config(), indent=2))
+    return out
+
+
+def load_orbax(path: str | Path, dtype: str = "float32", *, compute_dtype: str | None = None,
+               mesh: Mesh | None = None, **execution: Any) -> Qwen2ForCausalLM:
+    """Restore a model written by :func:`save_orbax`, sharded onto ``mesh`` when given."""
+    import orbax.checkpoint as ocp
+
+    from jax_distill.train.step import param_shardings
+
+    src = Path(path).absolute()
+    cfg = from_hf_config(src / "config.json", dtype=compute_dtype or dtype, param_dtype=dtype, **execution)
+    abstract = nnx.eval_shape(lambda: init_model(cfg))
+    graphdef, state = nnx.split(abstract)
+    shapes = state.to_pure_dict()
+    if mesh is not None:
+        shard = param_shardings(abstract, mesh)
+        target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), shapes, shard)
+    else:
+        dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=dev), shapes)
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(src / "params", target)
+    return nnx.merge(graphdef, params)
+
+
+def source_kind(path: str | Path) -> str:
+    """"hf" (config.json + safetensors), "orbax" (save_orbax layout), or "train" (a training checkpoint dir)."""
+    p = Path(path)
+    if (p / "config.json").is_file() and any(p.glob("*.safetensors")):
+        return "hf"
+    if (p / "config.json").is_file() and (p / "params").is_dir():
+        return "orbax"
+    if p.is_dir() and any(c.name.isdigit() for c in p.iterdir()):
+        return "train"
+    raise FileNotFoundError(f"{path}: not a Hugging Face model dir, an Orbax params dir, or a training checkpoint dir")
+
+
+def load_any(path: str | Path, dtype: str = "float32", *, compute_dtype: str | None = None,
+             mesh: Mesh | None = None, **execution: Any) -> Qwen2ForCausalLM:
+    """Load a model from a Hugging Face dir, a `convert` Orbax dir, or a training checkpoint dir (latest step)."""
+    kind = source_kind(path)
+    if kind == "hf":
+        from jax_distill.model.hf_io import load_pretrained
+
+        return load_pretrained(path, dtype, compute_dtype=compute_dtype, mesh=mesh, **execution)
+    if kind == "orbax":
+        return load_orbax(path, dtype, compute_dtype=compute_dtype, mesh=mesh, **execution)
+    from jax_distill.train.checkpoint import load_model_from_checkpoint
+
+    return load_model_from_checkpoint(path, dtype=dtype, compute_dtype=compute_dtype, mesh=mesh, **execution)
