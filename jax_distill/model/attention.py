@@ -43,11 +43,34 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
     return out.reshape(b, sq, h, d).astype(q.dtype)
 
 
+def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, chunk: int = 1024) -> jax.Array:
+    """Memory-efficient attention for long sequences: queries in chunks, each chunk rematerialised in the backward
+    pass, so the live score tensor is [B, H, chunk, Sk] instead of [B, H, Sq, Sk] (16k x 16k x 64 heads in fp32 would
+    be 64 GiB per sequence). Same maths as :func:`xla_attention`; shapes as there."""
+    b, sq, h, d = q.shape
+    if sq <= chunk or sq % chunk:
+        return xla_attention(q, k, v, mask)
+    n = sq // chunk
+    qs = q.reshape(b, n, chunk, h, d).swapaxes(0, 1)
+    ms = mask.reshape(b, 1, n, chunk, mask.shape[-1]).transpose(2, 0, 1, 3, 4)
+
+    @jax.checkpoint
+    def one(args):
+        qc, mc = args
+        return xla_attention(qc, k, v, mc)
+
+    out = jax.lax.map(one, (qs, ms))
+    return out.swapaxes(0, 1).reshape(b, sq, h, d)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str = "xla") -> jax.Array:
-    """Dispatch on ``impl``: "xla" (reference), "dot_product" (jax.nn.dot_product_attention, backend's choice),
-    "cudnn" (force the cuDNN flash kernel; GPU, bf16/fp16 only). Shapes as in :func:`xla_attention`."""
+    """Dispatch on ``impl``: "xla" (reference), "chunked" (query-chunked, for 16k-32k traces),
+    "dot_product" (jax.nn.dot_product_attention, backend's choice), "cudnn" (force the cuDNN flash kernel; GPU,
+    bf16/fp16 only). Shapes as in :func:`xla_attention`."""
     if impl == "xla":
         return xla_attention(q, k, v, mask)
+    if impl == "chunked":
+        return chunked_attention(q, k, v, mask)
     if impl in ("dot_product", "cudnn"):
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask, implementation="cudnn" if impl == "cudnn" else None

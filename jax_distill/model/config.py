@@ -13,8 +13,8 @@ DType = Literal["float32", "bfloat16", "float16"]
 # "dots": keep matmul outputs without batch dims (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
 Remat = Literal["none", "full", "dots"]
 # "xla": plain einsum + softmax reference; "dot_product": jax.nn.dot_product_attention (XLA or cuDNN on GPU);
-# "cudnn": force the cuDNN flash kernel (GPU only).
-Attention = Literal["xla", "dot_product", "cudnn"]
+# "cudnn": force the cuDNN flash kernel (GPU only); "chunked": query-chunked XLA attention for long sequences.
+Attention = Literal["xla", "chunked", "dot_product", "cudnn"]
 
 ARCH_FIELDS = (
     "vocab_size",
@@ -61,7 +61,7 @@ class ModelConfig:
     param_dtype: DType = "float32"  # master weights
     remat: Remat = "none"
     scan_layers: bool = True
-    attention: Attention = "xla"
+    attention: Attention = "dot_product"
     init_std: float = 0.02  # transformers' initializer_range, for random init
 
     def resolve(self) -> ModelConfig:

@@ -1,0 +1,148 @@
+"""Tokenizers (the real Qwen2.5 vocabulary from a .tiktoken file, or any Hugging Face tokenizer) and the Qwen2.5
+chat format with assistant-only loss masks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+# Qwen2's pre-tokenisation pattern (digits split one by one).
+QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                 "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                 "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
+                 "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
+# Qwen2.5's chat template adds this system turn when the conversation has none.
+QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+class _Backend(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@dataclass
+class Tokenizer:
+    """Text <-> ids plus the chat format. ``eos_id`` is <|im_end|> (ends an assistant turn), ``pad_id`` <|endoftext|>."""
+
+    backend: Any
+    encode_fn: Any
+    decode_fn: Any
+    vocab_size: int
+    im_start_id: int
+    eos_id: int
+    pad_id: int
+    sha256: str
+    spec: str
+    default_system: str | None = QWEN_DEFAULT_SYSTEM
+
+    @property
+    def stop_ids(self) -> list[int]:
+        return [self.eos_id, self.pad_id]
+
+    def encode(self, text: str) -> list[int]:
+        """Plain text (special-token strings in it are encoded as ordinary text, never as control tokens)."""
+        return self.encode_fn(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.decode_fn([int(i) for i in ids])
+
+    def encode_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False,
+                    loss_on: str = "assistant") -> tuple[list[int], list[int]]:
+        """Token ids and a 0/1 loss mask for a conversation in the Qwen2.5 chat format:
+        ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per turn, a default system turn first when none is given.
+        The mask is 1 on assistant content and its closing <|im_end|> (``loss_on="all"``: every token)."""
+        msgs = list(messages)
+        if (not msgs or msgs[0].get("role") != "system") and self.default_system is not None:
+            msgs = [{"role": "system", "content": self.default_system}] + msgs
+        nl = self.encode("\n")
+        ids: list[int] = []
+        mask: list[int] = []
+        for m in msgs:
+            role, content = m["role"], m["content"]
+            head = [self.im_start_id] + self.encode(f"{role}\n")
+            body = self.encode(content) + [self.eos_id]
+            learn = 1 if (loss_on == "all" or role == "assistant") else 0
+            ids += head + body + nl
+            mask += [1 if loss_on == "all" else 0] * len(head) + [learn] * len(body) + \
+                [1 if loss_on == "all" else 0] * len(nl)
+        if add_generation_prompt:
+            head = [self.im_start_id] + self.encode("assistant\n")
+            ids += head
+            mask += [0] * len(head)
+        return ids, mask
+
+    def save(self, directory: str | Path) -> None:
+        """Save as a Hugging Face tokenizer directory when the backend is one (so exported models carry it)."""
+        if hasattr(self.backend, "save_pretrained"):
+            self.backend.save_pretrained(str(directory))
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _from_tiktoken(path: Path) -> Tokenizer:
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    ranks = load_tiktoken_bpe(str(path))
+    n = len(ranks)
+    specials = {tok: n + i for i, tok in enumerate(QWEN_SPECIALS)}
+    enc = tiktoken.Encoding(name=f"qwen:{path.name}", pat_str=QWEN_PATTERN, mergeable_ranks=ranks,
+                            special_tokens=specials)
+
+    def encode(text: str) -> list[int]:
+        return enc.encode(text, allowed_special=set(), disallowed_special=())
+
+    def decode(ids: Sequence[int]) -> str:
+        return enc.decode(list(ids), errors="replace")
+
+    return Tokenizer(enc, encode, decode, n + len(QWEN_SPECIALS), specials["<|im_start|>"], specials["<|im_end|>"],
+                     specials["<|endoftext|>"], _sha256_file(path), str(path))
+
+
+def _from_hf(spec: str) -> Tokenizer:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(spec)
+    vocab = tok.get_vocab()
+    missing = [t for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>") if t not in vocab]
+    if missing:
+        raise ValueError(f"tokenizer {spec}: lacks the Qwen chat special tokens {missing}")
+
+    def encode(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def decode(ids: Sequence[int]) -> str:
+        return tok.decode(list(ids), skip_special_tokens=False)
+
+    digest = hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()
+    local = Path(spec)
+    system = QWEN_DEFAULT_SYSTEM
+    if local.is_dir() and (local / "jax_distill_tokenizer.json").is_file():
+        system = json.loads((local / "jax_distill_tokenizer.json").read_text()).get("default_system", system)
+    return Tokenizer(tok, encode, decode, len(vocab), vocab["<|im_start|>"], vocab["<|im_end|>"],
+                     vocab["<|endoftext|>"], digest, spec, system)
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    """A ``.tiktoken`` vocabulary file (Qwen's specials appended), a local HF tokenizer directory, or a hub name."""
+    if not spec:
+        raise ValueError("no tokenizer given: set data.tokenizer to a .tiktoken file, a tokenizer dir or a hub name")
+    p = Path(spec)
+    if p.suffix == ".tiktoken":
+        if not p.is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {spec}")
+        return _from_tiktoken(p)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{spec}: a tokenizer is a .tiktoken file or a directory")
+    return _from_hf(spec)

@@ -1,0 +1,74 @@
+"""Benchmark problems from local JSON lines (tests, offline) or the Hugging Face hub (through `datasets`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Kind = Literal["integer", "math"]
+
+# name -> (hub dataset, split, answer kind)
+KNOWN = {
+    "aime24": ("HuggingFaceH4/aime_2024", "train", "integer"),
+    "aime25": ("yentinglin/aime_2025", "train", "integer"),
+    "amc23": ("math-ai/amc23", "test", "integer"),
+    "math500": ("HuggingFaceH4/MATH-500", "test", "math"),
+}
+PROBLEM_FIELDS = ("problem", "question", "Problem")
+ANSWER_FIELDS = ("answer", "Answer", "final_answer")
+
+
+@dataclass(frozen=True)
+class Problem:
+    index: int  # 0-based row in the benchmark file
+    problem: str
+    answer: str
+    kind: Kind
+
+
+def _kind_for(name: str, answers: list[str]) -> Kind:
+    if name in KNOWN:
+        return KNOWN[name][2]  # type: ignore[return-value]
+    from jax_distill.eval.grading import parse_integer
+
+    return "integer" if all(parse_integer(a) is not None for a in answers) else "math"
+
+
+def _rows_to_problems(rows: list[dict], name: str, where: str) -> list[Problem]:
+    out: list[tuple[str, str]] = []
+    for i, row in enumerate(rows):
+        prob = next((row[f] for f in PROBLEM_FIELDS if f in row), None)
+        ans = next((row[f] for f in ANSWER_FIELDS if f in row), None)
+        if not isinstance(prob, str) or not prob.strip():
+            raise ValueError(f"{where}:{i + 1}: missing or empty field 'problem' (one of {PROBLEM_FIELDS})")
+        if ans is None or (isinstance(ans, str) and not ans.strip()):
+            raise ValueError(f"{where}:{i + 1}: missing field 'answer' (one of {ANSWER_FIELDS})")
+        if isinstance(ans, float) and ans.is_integer():
+            ans = int(ans)
+        out.append((prob, str(ans)))
+    kind = _kind_for(name, [a for _, a in out])
+    return [Problem(i, p, a, kind) for i, (p, a) in enumerate(out)]
+
+
+def load_benchmark(name: str, data: str | Path | None = None) -> list[Problem]:
+    """Problems of ``name`` (aime24, aime25, amc23, math500, or a hub dataset "owner/name") from ``data`` (a local
+    JSON-lines file) when given, else from the hub."""
+    if data is not None:
+        path = Path(data)
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{n}: malformed JSON: {err}") from None
+        return _rows_to_problems(rows, name, str(path))
+    import datasets
+
+    hub, split, _ = KNOWN.get(name, (name, "test", None))
+    ds = datasets.load_dataset(hub, split=split)
+    return _rows_to_problems(list(ds), name, hub)

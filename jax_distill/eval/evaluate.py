@@ -1,0 +1,88 @@
+"""Sample n completions per problem, grade them, and write samples.jsonl, results.json and results.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from jax_distill.eval.benchmarks import Problem
+from jax_distill.eval.grading import grade, normalize_for_vote
+from jax_distill.eval.metrics import DEFAULT_BUDGETS, summarize
+
+# Qwen2.5-Math's chain-of-thought instruction.
+DEFAULT_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+
+GenerateFn = Callable[..., list[list[int]]]
+
+
+def grade_completions(problems: Sequence[Problem], completions: Sequence[tuple[int, str, int]]) -> list[dict]:
+    """Per-sample records from (problem_index, completion, output_tokens); never raises on hostile text."""
+    out = []
+    for idx, text, n_tok in completions:
+        p = problems[idx]
+        ans, ok = grade(text, p.answer, p.kind)
+        out.append({"problem_index": idx, "completion": text, "extracted_answer": ans, "correct": ok,
+                    "output_tokens": n_tok, "vote_key": normalize_for_vote(ans)})
+    return out
+
+
+def results_markdown(name: str, r: dict[str, Any]) -> str:
+    k = r["k"]
+    lines = [f"| benchmark | problems | samples | pass@1 | pass@{k} | maj@{k} | mean output tokens |",
+             "|---|---|---|---|---|---|---|",
+             f"| {name} | {r['n_problems']} | {r['n_samples']} | {r['pass@1']:.3f} | {r[f'pass@{k}']:.3f} | "
+             f"{r[f'maj@{k}']:.3f} | {r['mean_output_tokens']:.0f} |", "",
+             "| output-token budget | " + " | ".join(r["accuracy_under_budget"]) + " |",
+             "|---|" + "---|" * len(r["accuracy_under_budget"]),
+             "| accuracy | " + " | ".join(f"{v:.3f}" for v in r["accuracy_under_budget"].values()) + " |"]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(problems: Sequence[Problem], *, generate_fn: GenerateFn, tokenizer: Any, benchmark: str = "custom",
+             n_samples: int = 1, max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float = 1.0,
+             top_k: int = 0, seed: int = 0, prompt_template: str = DEFAULT_TEMPLATE, out_dir: str | Path | None = None,
+             budgets: Sequence[int] | None = None, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+    """Sample ``n_samples`` completions for each problem and grade them.
+
+    ``generate_fn(prompt_ids, max_new_tokens=, temperature=, top_p=, top_k=, seed=[...])`` returns generated ids
+    (prompt and stop token excluded). Sample j of problem i uses seed ``seed + i * n_samples + j``, so results do not
+    depend on the batch size. A sample that reaches ``max_new_tokens`` without a stop counts as truncated.
+    """
+    from tqdm.auto import tqdm
+
+    budgets = [b for b in (budgets or DEFAULT_BUDGETS) if b <= max_new_tokens] or [max_new_tokens]
+    jobs = []
+    for p in problems:
+        ids, _ = tokenizer.encode_chat([{"role": "user", "content": prompt_template.format(problem=p.problem)}],
+                                       add_generation_prompt=True)
+        for j in range(n_samples):
+            jobs.append((p.index, ids, seed + p.index * n_samples + j))
+    index_of = {p.index: i for i, p in enumerate(problems)}
+    completions = []
+    bar = tqdm(total=len(jobs), desc=f"sampling {benchmark}", unit="sample", disable=not progress)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        outs = generate_fn([c[1] for c in chunk], max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_p=top_p, top_k=top_k, seed=[c[2] for c in chunk])
+        for (pidx, _, s), ids in zip(chunk, outs):
+            n_tok = len(ids) if len(ids) < max_new_tokens else max_new_tokens + 1  # truncated: over every budget
+            completions.append((index_of[pidx], tokenizer.decode(ids), n_tok, s))
+        bar.update(len(chunk))
+    bar.close()
+    samples = grade_completions(list(problems), [(i, t, n) for i, t, n, _ in completions])
+    for s, (_, _, _, sd) in zip(samples, completions):
+        s["seed"] = sd
+        s["problem_index"] = problems[s["problem_index"]].index
+    results = {"benchmark": benchmark, **summarize(samples, len(problems), n_samples, budgets),
+               "sampling": {"temperature": temperature, "top_p": top_p, "top_k": top_k,
+                            "max_new_tokens": max_new_tokens, "seed": seed, "prompt_template": prompt_template}}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "samples.jsonl", "w") as f:
+            for s in samples:
+                f.write(json.dumps({k: v for k, v in s.items() if k != "vote_key"}) + "\n")
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "results.md").write_text(results_markdown(benchmark, results))
+    return results

@@ -1,0 +1,104 @@
+"""The run manifest: what a reader needs to reproduce or audit a run (see docs/transparency.md).
+
+Written as OUT/manifest.json by every `train`, `eval` and `demo` run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import platform
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "transformers", "tokenizers", "numpy",
+            "tiktoken", "math-verify", "gcsfs", "torch", "libtpu")
+
+
+def sha256_file(path: str) -> str:
+    """Streaming sha256 of a local path or fsspec URL."""
+    import fsspec
+
+    h = hashlib.sha256()
+    with fsspec.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def code_version() -> dict[str, Any]:
+    """Git commit (and whether the tree had uncommitted changes) of this checkout, else the package version."""
+    from jax_distill import __version__
+
+    root = Path(__file__).resolve().parents[1]
+    out: dict[str, Any] = {"package_version": __version__}
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        out.update(git_commit=commit, git_dirty=dirty)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _devices() -> dict[str, Any]:
+    import jax
+
+    devs = jax.devices()
+    return {"platform": devs[0].platform, "device_kind": devs[0].device_kind, "device_count": len(devs),
+            "process_count": jax.process_count()}
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        from jax_distill.config import to_dict
+
+        return to_dict(obj)
+    return obj
+
+
+def write_manifest(out_dir: str | Path, *, kind: str, config: Any = None, data_files: list[dict] | None = None,
+                   tokenizer: Any = None, seeds: dict | None = None, mesh: dict | None = None,
+                   sampling: dict | None = None, budgets: list[int] | None = None,
+                   extra: dict | None = None) -> Path:
+    """Write OUT/manifest.json (valid JSON, stable key order) and return its path."""
+    manifest = {
+        "kind": kind,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "code": code_version(),
+        "packages": package_versions(),
+        "devices": _devices(),
+        "mesh": mesh,
+        "config": _plain(config),
+        "data_files": data_files or [],
+        "tokenizer": tokenizer,
+        "seeds": seeds,
+        "sampling": sampling,
+        "token_budgets": budgets,
+        "extra": extra or {},
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return path

@@ -1,0 +1,143 @@
+"""What it costs to reproduce the recipe (stage 1 + stage 2 + AIME evaluation) on each accelerator.
+
+Model: chip-hours = work FLOPs / (chip peak bf16 FLOP/s x efficiency) / 3600; cost = chip-hours x price per
+chip-hour. Training work is analytic model FLOPs (plan/flops.py: 6N + causal attention) over the tokens trained;
+evaluation work is 2N + attention per generated token (decode is memory-bound, so it gets its own, lower efficiency).
+Efficiency comes from a measured run (its metrics.jsonl MFU, applied to the chip it ran on and, scaled by peak, to
+the others) or from an assumed MFU. Costs are per chip-hour, so they do not depend on slice size as long as
+scaling is linear; the wall time is reported for a given number of chips.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jax_distill.model.config import ModelConfig
+from jax_distill.plan.flops import forward_flops_per_token, train_flops_per_token
+from jax_distill.plan.topology import CHIPS
+
+
+@dataclass
+class Workload:
+    """Tokens to train per stage and tokens to generate for the evaluation."""
+
+    model: ModelConfig
+    stages: list[dict[str, Any]]  # [{name, tokens, seq_len}]
+    eval_problems: int = 30
+    eval_samples: int = 8
+    eval_output_tokens: int = 16384  # mean generated tokens per sample (long CoT)
+    eval_seq_len: int = 16384
+
+    def train_flops(self) -> float:
+        return sum(train_flops_per_token(self.model, s["seq_len"]) * s["tokens"] for s in self.stages)
+
+    def eval_tokens(self) -> int:
+        return self.eval_problems * self.eval_samples * self.eval_output_tokens
+
+    def eval_flops(self) -> float:
+        # Mean context over a generation is about half its final length.
+        return forward_flops_per_token(self.model, self.eval_seq_len // 2) * self.eval_tokens()
+
+
+@dataclass
+class Line:
+    chip: str
+    pricing: str  # on_demand | spot
+    train_chip_hours: float
+    eval_chip_hours: float
+    cost_usd: float
+    wall_hours_on: dict[str, float] = field(default_factory=dict)
+
+
+def load_prices(path: str | Path) -> dict[str, Any]:
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict) or "chips" not in data:
+        raise ValueError(f"{path}: expected a mapping with 'chips'")
+    for chip, row in data["chips"].items():
+        for key in ("on_demand", "spot"):
+            if not isinstance(row.get(key), (int, float)):
+                raise ValueError(f"{path}: chips.{chip}.{key} must be a number (USD per chip-hour)")
+        if chip not in CHIPS:
+            raise ValueError(f"{path}: unknown chip {chip!r}; known: {sorted(CHIPS)}")
+    return data
+
+
+def measured_mfu(run_dir: str | Path) -> tuple[float, str | None]:
+    """Median MFU of a run's metrics.jsonl (after the first logged step) and the device kind from its manifest."""
+    run = Path(run_dir)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    mfus = sorted(r["mfu"] for r in rows[1:] if isinstance(r.get("mfu"), (int, float)))
+    if not mfus:
+        raise ValueError(f"{run}/metrics.jsonl has no 'mfu' values (CPU runs have no known peak)")
+    kind = None
+    manifest = run / "manifest.json"
+    if manifest.is_file():
+        kind = json.loads(manifest.read_text()).get("devices", {}).get("device_kind")
+    return mfus[len(mfus) // 2], kind
+
+
+def estimate(work: Workload, prices: dict[str, Any], *, train_mfu: float = 0.4, decode_mfu: float = 0.05,
+             chips_for_wall: int = 64, per_chip_mfu: dict[str, float] | None = None) -> list[Line]:
+    """Cost lines for every chip in ``prices`` and both pricings."""
+    out = []
+    for name, row in prices["chips"].items():
+        chip = CHIPS[name]
+        mfu = (per_chip_mfu or {}).get(name, train_mfu)
+        train_h = work.train_flops() / (chip.peak_bf16_flops * mfu) / 3600
+        eval_h = work.eval_flops() / (chip.peak_bf16_flops * decode_mfu) / 3600
+        for pricing in ("on_demand", "spot"):
+            out.append(Line(name, pricing, train_h, eval_h, (train_h + eval_h) * row[pricing],
+                            {str(chips_for_wall): (train_h + eval_h) / chips_for_wall}))
+    return out
+
+
+def report(work: Workload, lines: list[Line], prices: dict[str, Any], assumptions: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": work.model.preset or "custom",
+        "parameters": work.model.resolve().param_count(),
+        "stages": work.stages,
+        "train_tokens": sum(s["tokens"] for s in work.stages),
+        "train_flops": work.train_flops(),
+        "eval_tokens": work.eval_tokens(),
+        "eval_flops": work.eval_flops(),
+        "prices_checked": prices.get("checked"),
+        "assumptions": assumptions,
+        "lines": [asdict(line) for line in lines],
+    }
+
+
+def table(rep: dict[str, Any]) -> str:
+    rows = ["| chip | pricing | train chip-hours | eval chip-hours | cost (USD) | wall hours on "
+            f"{next(iter(rep['lines'][0]['wall_hours_on']))} chips |", "|---|---|---|---|---|---|"]
+    for ln in sorted(rep["lines"], key=lambda x: x["cost_usd"]):
+        wall = next(iter(ln["wall_hours_on"].values()))
+        rows.append(f"| {ln['chip']} | {ln['pricing']} | {ln['train_chip_hours']:,.0f} | {ln['eval_chip_hours']:,.1f} "
+                    f"| {ln['cost_usd']:,.0f} | {wall:,.1f} |")
+    return "\n".join(rows)
+
+
+def plot(rep: dict[str, Any], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chips = list(dict.fromkeys(ln["chip"] for ln in rep["lines"]))
+    cost = {(ln["chip"], ln["pricing"]): ln["cost_usd"] for ln in rep["lines"]}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(chips))
+    ax.bar([x - 0.2 for x in xs], [cost[(c, "on_demand")] for c in chips], 0.4, label="on-demand")
+    ax.bar([x + 0.2 for x in xs], [cost[(c, "spot")] for c in chips], 0.4, label="spot")
+    ax.set_xticks(list(xs), chips)
+    ax.set_ylabel("USD")
+    ax.set_title(f"Cost to reproduce: {rep['model']}, {rep['train_tokens'] / 1e9:.2f}B train tokens + eval")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

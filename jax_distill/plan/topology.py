@@ -1,0 +1,104 @@
+"""Cloud TPU slice names -> ahead-of-time device topologies, and the chips' published specs.
+
+`jax.experimental.topologies.get_topology_desc` (with libtpu installed, no TPU needed) gives abstract devices of a
+slice that `jax.jit(...).lower(...).compile()` accepts, so a CPU-only host can compile the real training step for a
+v5p-128 and read its per-chip memory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class Chip:
+    name: str
+    hbm_bytes: int
+    peak_bf16_flops: float  # dense, per chip
+    source: str
+
+
+# Public spec sheets (cloud.google.com/tpu/docs/v5e, /v5p, /v6e; NVIDIA H100/H200 SXM datasheets, dense bf16).
+CHIPS = {
+    "v5e": Chip("TPU v5e", 16 * GiB, 197e12, "https://cloud.google.com/tpu/docs/v5e"),
+    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, "https://cloud.google.com/tpu/docs/v5p"),
+    "v6e": Chip("TPU v6e (Trillium)", 32 * GiB, 918e12, "https://cloud.google.com/tpu/docs/v6e"),
+    "h100": Chip("NVIDIA H100 SXM 80GB", 80 * 10**9, 989e12, "https://www.nvidia.com/en-us/data-center/h100/"),
+    "h200": Chip("NVIDIA H200 SXM 141GB", 141 * 10**9, 989e12, "https://www.nvidia.com/en-us/data-center/h200/"),
+}
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A slice: its user-facing name, the chip, the number of chips and the AOT topology description arguments."""
+
+    name: str
+    chip: Chip
+    chips: int
+    topology_name: str
+    chip_config_name: str
+    wrap: tuple[bool, bool, bool]
+
+    @property
+    def hbm_bytes(self) -> int:
+        return self.chip.hbm_bytes
+
+
+def _grid2(n: int) -> str:
+    a = 1
+    while a * a < n:
+        a *= 2
+    b = n // a
+    a, b = min(a, b), max(a, b)
+    if a * b != n:
+        raise ValueError(f"{n} chips is not a supported 2D slice size")
+    return f"{a}x{b}"
+
+
+_V5P_GRIDS = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+              512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+
+
+def _grid3(n: int) -> str:
+    if n not in _V5P_GRIDS:
+        raise ValueError(f"{n} chips is not a v5p slice size ({sorted(_V5P_GRIDS)})")
+    return _V5P_GRIDS[n]
+
+
+def parse_topology(name: str) -> Topology:
+    """``v5p-N`` (N TensorCores = N/2 chips), ``v5e-N`` / ``v5litepod-N`` and ``v6e-N`` (N chips)."""
+    m = re.fullmatch(r"(v5p|v5e|v5litepod|v6e)-(\d+)", name.strip().lower())
+    if not m:
+        raise ValueError(f"unknown TPU topology {name!r}: expected v5p-N, v5e-N (v5litepod-N) or v6e-N")
+    kind, n = m.group(1), int(m.group(2))
+    if kind == "v5p":
+        if n % 2 or n < 8:
+            raise ValueError(f"{name}: v5p slices count TensorCores (2 per chip), from v5p-8")
+        chips = n // 2
+        grid = _grid3(chips)
+        wrap = (chips >= 64,) * 3
+        return Topology(name, CHIPS["v5p"], chips, f"v5:{grid}", "megacore", wrap)
+    kind = "v5e" if kind in ("v5e", "v5litepod") else "v6e"
+    return Topology(name, CHIPS[kind], n, f"{kind}:{_grid2(n)}", "default", (False, False, False))
+
+
+def topology_devices(topo: Topology):
+    """Abstract devices of the slice (needs libtpu; no TPU)."""
+    from jax.experimental import topologies
+
+    kwargs = dict(topology_name=topo.topology_name, platform="tpu", chip_config_name=topo.chip_config_name,
+                  chips_per_host_bounds=(2, 2, 1), num_slices=1)
+    if any(topo.wrap):
+        kwargs["wrap"] = topo.wrap
+    return topologies.get_topology_desc(**kwargs).devices
+
+
+def libtpu_available() -> bool:
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        return False
+    return True

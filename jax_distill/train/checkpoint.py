@@ -1,0 +1,136 @@
+"""Orbax checkpoints of the whole training state, and clean exits on preemption.
+
+A checkpoint step holds three items: ``state`` (params, optimizer state, step, RNG key data — sharded arrays,
+restorable onto any mesh), ``data`` (the grain iterator state, JSON) and ``meta`` (stage, stage step, the resolved
+config, JSON). Orbax writes each step into a temporary directory and renames it only when complete, so a process
+killed mid-save leaves no step that `latest_step` would return.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger("jax_distill.checkpoint")
+
+
+class Checkpointer:
+    """Keeps the last ``keep`` checkpoints, saving every ``every`` steps (asynchronously by default)."""
+
+    def __init__(self, directory: str | Path, *, every: int, keep: int, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        self.every = max(1, every)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                               cleanup_tmp_directories=True, create=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "meta"))
+
+    def save(self, step: int, state: Any, *, data_state: Any = None, meta: dict[str, Any] | None = None,
+             force: bool = False) -> bool:
+        """Save at ``step`` if it is a multiple of ``every`` (or ``force``). Returns whether a save started."""
+        if not force and step % self.every:
+            return False
+        if step in self._manager.all_steps():
+            return False
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {}),
+                                  meta=ocp.args.JsonSave(meta or {}))
+        return bool(self._manager.save(step, args=args, force=True))
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint (temporary, unfinished saves are never listed)."""
+        self._manager.reload()
+        return self._manager.latest_step()
+
+    def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """(state, data_state, meta) at ``step`` (None = latest). ``abstract_state``: ShapeDtypeStructs with the
+        target shardings (the current mesh, which may differ from the one that saved)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        out = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+        return out["state"], out["data"], out["meta"]
+
+    def read_meta(self, step: int | None = None) -> dict[str, Any]:
+        step = self.latest_step() if step is None else step
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+class PreemptionGuard:
+    """Turns SIGTERM (Cloud TPU preemption / maintenance, `kill`, SLURM) into a flag the training loop polls.
+
+    The handler only sets the flag; the loop then saves and exits. With several hosts, every host must stop at the
+    same step: JAX's preemption sync point gives that agreement."""
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+        self._flag = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            for sig in signals:
+                signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        self._flag.set()
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            try:
+                return bool(multihost_utils.reached_preemption_sync_point(step)) or self._flag.is_set()
+            except RuntimeError:  # preemption service not initialised (no jax.distributed)
+                pass
+        return self._flag.is_set()
+
+
+def load_model_from_checkpoint(path: str | Path, dtype: str = "float32", *, compute_dtype: str | None = None,
+                               mesh: Any = None, step: int | None = None, **execution: Any):
+    """The model (params only) of a training checkpoint directory, at ``step`` (default: latest)."""
+    import dataclasses
+
+    import numpy as np
+    from flax import nnx
+
+    from jax_distill.config import from_dict
+    from jax_distill.model.qwen2 import init_model
+    from jax_distill.train.config import RunConfig
+    from jax_distill.train.step import param_shardings
+
+    ck = Checkpointer(path, every=1, keep=1000, async_save=False)
+    step = ck.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no complete checkpoint in {path}")
+    meta = ck.read_meta(step)
+    cfg = from_dict(RunConfig, meta["config"], f"{path}/{step}/meta").model
+    mcfg = dataclasses.replace(cfg.resolve(), dtype=compute_dtype or dtype, param_dtype=dtype, **execution)
+    abstract = nnx.eval_shape(lambda: init_model(mcfg))
+    graphdef, state = nnx.split(abstract)
+    if mesh is None:
+        from jax_distill.sharding import MeshConfig, make_mesh
+
+        mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    shard = param_shardings(abstract, mesh)
+    # Restore only the params subtree: the metadata gives the rest of the saved structure.
+    item_meta = ck._manager.item_metadata(step)["state"]
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), dict(item_meta),
+                          is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+    target["params"] = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, np.dtype(dtype), sharding=s),
+                                    state.to_pure_dict(), shard)
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    target = jax.tree.map(lambda x: x if getattr(x, "sharding", None) is not None
+                          else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), target)
+    restored, _, _ = ck.restore(step, target)
+    ck.close()
+    return nnx.merge(graphdef, restored["params"])
