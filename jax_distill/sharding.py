@@ -8,6 +8,7 @@ Every parameter carries logical axis names (see model/qwen2.py); ``logical_to_sp
 
 from __future__ import annotations
 
+import contextvars
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -124,6 +125,8 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
 
 
 def _current_mesh() -> Mesh | None:
+    if _TRACING_MESH.get() is not None:
+        return _TRACING_MESH.get()
     try:
         from jax.sharding import get_abstract_mesh
 
@@ -136,6 +139,24 @@ def _current_mesh() -> Mesh | None:
 
     m = mesh_lib.thread_resources.env.physical_mesh
     return None if m.empty else m
+
+
+# The mesh that `constrain` pins activations to while a step is being traced (set by `with_mesh`). jit's in/out
+# shardings alone do not reach inside a step; without constraints the compiler may replicate e.g. the logits.
+_TRACING_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("jax_distill_mesh", default=None)
+
+
+def with_mesh(fn, mesh: Mesh):
+    """``fn`` whose tracing sees ``mesh`` as the target of :func:`constrain`."""
+
+    def wrapped(*args, **kwargs):
+        token = _TRACING_MESH.set(mesh)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _TRACING_MESH.reset(token)
+
+    return wrapped
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -98,7 +98,7 @@ def _pad_row(doc: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
 
 
 def build_dataset(docs: list[dict[str, np.ndarray]], cfg: DataConfig, *, batch_size: int, seed: int,
-                  shuffle: bool, num_epochs: int | None, drop_remainder: bool = True) -> grain.IterDataset:
+                  shuffle: bool, num_epochs: int | None, drop_remainder: bool = False) -> grain.IterDataset:
     """The grain dataset of packed [batch_size, seq_len] batches over tokenized documents."""
     if not docs:
         raise ValueError(f"no usable records in {cfg.paths}: every record was skipped (see the skip report)")
@@ -124,9 +124,10 @@ def build_dataset(docs: list[dict[str, np.ndarray]], cfg: DataConfig, *, batch_s
 class TraceIterator:
     """Iterator of host-local batches (dict of numpy arrays [batch, seq_len]) with checkpointable state."""
 
-    def __init__(self, dataset: grain.IterDataset, report: PipelineReport, seq_len: int):
+    def __init__(self, dataset: grain.IterDataset, report: PipelineReport, seq_len: int, batch_size: int):
         self._it = iter(dataset)
         self._report = report
+        self._batch_size = batch_size
         report._seq_len = seq_len
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -134,7 +135,10 @@ class TraceIterator:
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self._it)
-        self._report.packed_rows += batch["segment_ids"].shape[0]
+        short = self._batch_size - batch["segment_ids"].shape[0]
+        if short > 0:  # the last batch of a finite pass: pad with empty rows (all-zero masks), never drop documents
+            batch = {k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+        self._report.packed_rows += batch["segment_ids"].shape[0] - max(short, 0)
         self._report.packed_tokens += int((batch["segment_ids"] > 0).sum())
         return batch
 
@@ -165,13 +169,12 @@ def build_iterator(cfg: DataConfig, tokenizer: Tokenizer, *, batch_size: int, se
     all [batch_size, cfg.seq_len]."""
     docs, report = load_documents(cfg, tokenizer, process_index, process_count)
     ds = build_dataset(docs, cfg, batch_size=batch_size, seed=seed, shuffle=cfg.shuffle, num_epochs=cfg.num_epochs)
-    return TraceIterator(ds, report, cfg.seq_len)
+    return TraceIterator(ds, report, cfg.seq_len, batch_size)
 
 
 def build_eval_iterator(cfg: DataConfig, tokenizer: Tokenizer, *, batch_size: int, process_index: int = 0,
                         process_count: int = 1) -> TraceIterator:
     """One pass over held-out traces, in file order, packed; the last batch is padded, not dropped."""
     docs, report = load_documents(cfg, tokenizer, process_index, process_count)
-    ds = build_dataset(docs, cfg, batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
-                       drop_remainder=False)
-    return TraceIterator(ds, report, cfg.seq_len)
+    ds = build_dataset(docs, cfg, batch_size=batch_size, seed=0, shuffle=False, num_epochs=1)
+    return TraceIterator(ds, report, cfg.seq_len, batch_size)

@@ -24,6 +24,14 @@ def gcs_storage_options() -> dict[str, Any]:
 def filesystem(url: str):
     """(fsspec filesystem, path within it) for a local path or URL."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"
+    if protocol in ("gs", "gcs") and os.environ.get("STORAGE_EMULATOR_HOST"):
+        # gcsfs >= 2025 defaults to ExtendedGcsFileSystem, which first asks the bucket's layout over gRPC; an
+        # emulator only speaks the JSON API, so that probe times out (~60 s) on every bucket. The JSON-only class is
+        # the supported path (equivalent to GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false).
+        from gcsfs.core import GCSFileSystem
+
+        fs = GCSFileSystem(**gcs_storage_options())
+        return fs, fs._strip_protocol(url)
     opts = gcs_storage_options() if protocol in ("gs", "gcs") else {}
     fs, path = fsspec.core.url_to_fs(url, **opts)
     return fs, path
@@ -39,14 +47,19 @@ def list_files(paths: list[str]) -> list[str]:
     for entry in paths:
         fs, path = filesystem(entry)
         prefix = entry.split("://", 1)[0] + "://" if "://" in entry else ""
-        if any(ch in path for ch in "*?["):
-            found = sorted(fs.glob(path))
-        elif fs.isdir(path):
-            found = sorted(p for p in fs.find(path) if p.endswith(_EXTS))
-        elif fs.exists(path):
-            found = [path]
-        else:
-            raise FileNotFoundError(f"data path not found: {entry}")
+        try:
+            if any(ch in path for ch in "*?["):
+                found = sorted(fs.glob(path))
+            elif fs.isdir(path):
+                found = sorted(p for p in fs.find(path) if p.endswith(_EXTS))
+            elif fs.exists(path):
+                found = [path]
+            else:
+                raise FileNotFoundError(f"data path not found: {entry}")
+        except FileNotFoundError as err:
+            if str(err).startswith("data path"):
+                raise
+            raise FileNotFoundError(f"data path not found: {entry} (bucket or folder missing: {err})") from None
         found = [p for p in found if not fs.isdir(p)]
         if not found:
             raise FileNotFoundError(f"data path matched no files: {entry}")

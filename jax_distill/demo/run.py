@@ -22,14 +22,14 @@ class DemoConfig:
     n_stage2: int = 2000
     n_heldout: int = 100
     vocab_size: int = 512
-    seq_len: int = 512
-    batch_size: int = 8
-    stage1_steps: int = 100
-    stage2_steps: int = 400
+    seq_len: int = 256
+    batch_size: int = 16
+    stage1_steps: int = 150
+    stage2_steps: int = 350
     learning_rate: float = 3e-3
     hidden_size: int = 128
     num_layers: int = 4
-    max_new_tokens: int = 320
+    max_new_tokens: int = 160
     progress: bool = True
 
 
@@ -80,7 +80,8 @@ def run_demo(d: DemoConfig) -> dict[str, Any]:
     cfg = RunConfig(
         name="demo", seed=d.seed, output_dir=str(out / "train"), model=mcfg,
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
-        train=TrainConfig(batch_size=d.batch_size, log_every=10),
+        train=TrainConfig(batch_size=d.batch_size,
+                          log_every=max(1, min(10, min(d.stage1_steps, d.stage2_steps) // 5))),
         stages=[StageConfig(name="stage1_format", data=data("stage1"), steps=d.stage1_steps, optim=optim),
                 StageConfig(name="stage2_distill", data=data("stage2"), steps=d.stage2_steps, optim=optim)],
         checkpoint=CheckpointConfig(dir=str(out / "checkpoints"), every=100, keep=2),

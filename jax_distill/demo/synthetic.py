@@ -1,10 +1,10 @@
-"""A programmatic teacher: seeded arithmetic word problems with integer answers in 0..999.
+"""A programmatic teacher: seeded arithmetic word problems with integer answers (two-digit additions, 20..198).
 
-Stage 1 gets short standardized solutions (the operations, then ``\\boxed{}``); stage 2 gets long step-by-step traces
-that do every addition and subtraction digit by digit, check the result, and sometimes make a slip that the check
-catches and corrects (backtracking) — the kind of trace a stronger teacher writes. A tiny model cannot add two
-numbers in one step, but it can learn the single-digit facts of a written-out computation: that is the point of the
-demo, and why accuracy jumps after stage 2.
+Stage 1 gets short standardized solutions (the equation, then ``\\boxed{}``); stage 2 gets longer step-by-step traces
+that add column by column with carries, check the result, and sometimes make a slip that the check catches and
+corrects (backtracking) — the kind of trace a stronger teacher writes. A tiny model cannot add two numbers in one
+step, but it can learn the single-digit facts of a written-out computation: that is the point of the demo, and why
+accuracy jumps after stage 2.
 """
 
 from __future__ import annotations
@@ -20,12 +20,9 @@ ITEMS = ["apples", "marbles", "stamps", "coins", "cards", "shells", "pens", "boo
 
 def _problem(rng: random.Random) -> dict[str, Any]:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    a = rng.randint(10, 99)
-    b, c = rng.randint(2, 9), rng.randint(2, 9)
-    d = rng.randint(1, a + b * c - 1)
-    text = (f"{name} has {a} {item}. {name} buys {b} boxes with {c} {item} in each box, "
-            f"then gives away {d} {item}. How many {item} does {name} have now?")
-    return {"a": a, "b": b, "c": c, "d": d, "name": name, "item": item, "problem": text, "answer": a + b * c - d}
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    text = f"{name} has {a} {item} and gets {b} more {item}. How many {item} does {name} have now?"
+    return {"a": a, "b": b, "name": name, "item": item, "problem": text, "answer": a + b}
 
 
 def _digits_add(x: int, y: int) -> list[str]:
@@ -63,25 +60,18 @@ def _digits_sub(x: int, y: int) -> list[str]:
 
 
 def stage1_solution(p: dict[str, Any]) -> str:
-    bc = p["b"] * p["c"]
-    total = p["a"] + bc
-    return (f"Step 1: {p['b']} x {p['c']} = {bc}.\nStep 2: {p['a']} + {bc} = {total}.\n"
-            f"Step 3: {total} - {p['d']} = {p['answer']}.\nThe answer is \\boxed{{{p['answer']}}}.")
+    return f"{p['a']} + {p['b']} = {p['answer']}.\nThe answer is \\boxed{{{p['answer']}}}."
 
 
 def stage2_trace(p: dict[str, Any], rng: random.Random) -> str:
-    a, b, c, d, ans = p["a"], p["b"], p["c"], p["d"], p["answer"]
-    bc, total = b * c, a + b * c
-    lines = [f"{p['name']} starts with {a} {p['item']}.",
-             f"The boxes hold {b} x {c} = {bc} {p['item']}.",
-             f"Add {a} + {bc}:"] + [f"  {s}" for s in _digits_add(a, bc)] + [f"So {a} + {bc} = {total}."]
-    lines += [f"Subtract {total} - {d}:"] + [f"  {s}" for s in _digits_sub(total, d)]
-    if rng.random() < 0.3 and ans >= 10:
-        wrong = ans + rng.choice([-10, 10]) if ans < 990 else ans - 10
-        lines += [f"So {total} - {d} = {wrong}.", f"Check: {wrong} + {d} = {wrong + d}, not {total}. Wrong, redo.",
-                  f"Redo {total} - {d}:"] + [f"  {s}" for s in _digits_sub(total, d)]
-    lines += [f"So {total} - {d} = {ans}.", f"Check: {ans} + {d} = {total}. Correct.",
-              f"The answer is \\boxed{{{ans}}}."]
+    a, b, ans = p["a"], p["b"], p["answer"]
+    lines = [f"{p['name']} starts with {a} {p['item']} and gets {b} more.", f"Add {a} + {b}:"]
+    lines += [f"  {s}" for s in _digits_add(a, b)]
+    if rng.random() < 0.2:
+        wrong = ans + rng.choice([-10, 10])
+        lines += [f"So {a} + {b} = {wrong}.", f"Check: {wrong} - {b} = {wrong - b}, not {a}. Wrong, redo.",
+                  f"Add {a} + {b} again:"] + [f"  {s}" for s in _digits_add(a, b)]
+    lines += [f"So {a} + {b} = {ans}.", f"Check: {ans} - {b} = {a}. Correct.", f"The answer is \\boxed{{{ans}}}."]
     return "\n".join(lines)
 
 
@@ -91,11 +81,11 @@ def make_split(kind: Literal["stage1", "stage2", "heldout"], n: int, seed: int =
     Held-out problems are disjoint from the training splits: a problem's (a, b, c, d) determines its split by hash."""
     rng = random.Random(f"{kind}-{seed}")
     out: list[dict[str, Any]] = []
-    seen: set[tuple[int, int, int, int]] = set()
+    seen: set[tuple[int, int]] = set()
     while len(out) < n:
         p = _problem(rng)
-        key = (p["a"], p["b"], p["c"], p["d"])
-        is_heldout = hash(key) % 10 == 0 if False else (p["a"] * 7 + p["b"] * 3 + p["c"] + p["d"]) % 10 == 0
+        key = (p["a"], p["b"])
+        is_heldout = (p["a"] * 7 + p["b"] * 3) % 10 == 0  # a fixed 10% of (a, b) pairs is never trained on
         if key in seen or is_heldout != (kind == "heldout"):
             continue
         seen.add(key)

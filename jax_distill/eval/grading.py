@@ -17,26 +17,32 @@ _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
 def extract_boxed(text: str | None) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` in ``text`` (nested braces handled), or None."""
+    """Content of the last complete ``\\boxed{...}`` in ``text`` (nested braces handled), or None.
+
+    One linear pass with a brace stack, so hostile inputs (thousands of unclosed boxes) cost O(n)."""
     if not isinstance(text, str) or not text:
         return None
     text = text[-MAX_COMPLETION_CHARS:]
-    last = None
-    for m in _BOX.finditer(text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            ch = text[i]
-            if ch == "\\" and i + 1 < len(text):
-                i += 2
-                continue
-            depth += ch == "{"
-            depth -= ch == "}"
-            i += 1
-        if depth == 0:
-            last = text[m.end(): i - 1].strip()
-    if last is None or len(last) > MAX_ANSWER_CHARS:
+    box_open = {m.end() - 1 for m in _BOX.finditer(text)}  # index of each box's "{"
+    stack: list[int] = []
+    last: tuple[int, int] | None = None
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            start = stack.pop()
+            if start in box_open and (last is None or start > last[0]):
+                last = (start, i)
+        i += 1
+    if last is None:
         return None
-    return last
+    content = text[last[0] + 1: last[1]].strip()
+    return content if len(content) <= MAX_ANSWER_CHARS else None
 
 
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")

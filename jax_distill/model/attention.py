@@ -7,8 +7,12 @@ non-padding document (segment id > 0) and j's slot is not after i's.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+
+from jax_distill.sharding import constrain
 
 # Finite (not -inf) so that a fully masked row (a padding query) gives a uniform softmax instead of NaNs.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -28,6 +32,19 @@ def make_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_slots: jax.
     return (same_doc & causal & valid)[:, None, :, :]
 
 
+class MaskSpec(NamedTuple):
+    """What decides visibility, without the dense [B, 1, Sq, Sk] mask (17 GB of booleans for 64 rows of 16k): the
+    chunked implementation builds only each query chunk's slice of it."""
+
+    q_segment_ids: jax.Array  # [B, Sq]
+    kv_segment_ids: jax.Array  # [B, Sk]
+    q_slots: jax.Array  # [Sq] or [B, Sq]
+    kv_slots: jax.Array  # [Sk]
+
+    def dense(self) -> jax.Array:
+        return make_mask(*self)
+
+
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Reference grouped-query attention; softmax in float32.
 
@@ -43,34 +60,40 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
     return out.reshape(b, sq, h, d).astype(q.dtype)
 
 
-def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, chunk: int = 1024) -> jax.Array:
-    """Memory-efficient attention for long sequences: queries in chunks, each chunk rematerialised in the backward
-    pass, so the live score tensor is [B, H, chunk, Sk] instead of [B, H, Sq, Sk] (16k x 16k x 64 heads in fp32 would
-    be 64 GiB per sequence). Same maths as :func:`xla_attention`; shapes as there."""
+def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec, chunk: int = 1024) -> jax.Array:
+    """Memory-efficient attention for long sequences: queries in chunks, each chunk's mask built on the fly and the
+    chunk rematerialised in the backward pass, so the live score tensor is [B, H, chunk, Sk] instead of
+    [B, H, Sq, Sk] (16k x 16k x 64 heads in fp32 would be 64 GiB per sequence). Same maths as
+    :func:`xla_attention`; shapes as there."""
     b, sq, h, d = q.shape
     if sq <= chunk or sq % chunk:
-        return xla_attention(q, k, v, mask)
+        return xla_attention(q, k, v, mask.dense())
     n = sq // chunk
     qs = q.reshape(b, n, chunk, h, d).swapaxes(0, 1)
-    ms = mask.reshape(b, 1, n, chunk, mask.shape[-1]).transpose(2, 0, 1, 3, 4)
+    segs = mask.q_segment_ids.reshape(b, n, chunk).swapaxes(0, 1)
+    slots = jnp.broadcast_to(mask.q_slots, mask.q_segment_ids.shape).reshape(b, n, chunk).swapaxes(0, 1)
 
     @jax.checkpoint
     def one(args):
-        qc, mc = args
-        return xla_attention(qc, k, v, mc)
+        qc, seg_c, slot_c = args
+        qc = constrain(qc, ("batch", None, "act_heads", None))
+        mc = make_mask(seg_c, mask.kv_segment_ids, slot_c, mask.kv_slots)
+        return constrain(xla_attention(qc, k, v, mc), ("batch", None, "act_heads", None))
 
-    out = jax.lax.map(one, (qs, ms))
+    out = jax.lax.map(one, (qs, segs, slots))
     return out.swapaxes(0, 1).reshape(b, sq, h, d)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str = "xla") -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec | jax.Array, impl: str = "xla") -> jax.Array:
     """Dispatch on ``impl``: "xla" (reference), "chunked" (query-chunked, for 16k-32k traces),
     "dot_product" (jax.nn.dot_product_attention, backend's choice), "cudnn" (force the cuDNN flash kernel; GPU,
     bf16/fp16 only). Shapes as in :func:`xla_attention`."""
-    if impl == "xla":
-        return xla_attention(q, k, v, mask)
-    if impl == "chunked":
+    if impl == "chunked" and isinstance(mask, MaskSpec):
         return chunked_attention(q, k, v, mask)
+    if isinstance(mask, MaskSpec):
+        mask = mask.dense()
+    if impl in ("xla", "chunked"):
+        return xla_attention(q, k, v, mask)
     if impl in ("dot_product", "cudnn"):
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask, implementation="cudnn" if impl == "cudnn" else None

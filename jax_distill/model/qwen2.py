@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_distill.model.attention import attention, make_mask
+from jax_distill.model.attention import MaskSpec, attention
 from jax_distill.model.config import ModelConfig
 from jax_distill.sharding import constrain
 
@@ -212,7 +212,7 @@ class Qwen2ForCausalLM(nnx.Module):
 
         if cache is None:
             slots = jnp.arange(s, dtype=jnp.int32)
-            mask = make_mask(segment_ids, segment_ids, slots, slots)
+            mask = MaskSpec(segment_ids, segment_ids, slots, slots)
 
             def body(carry, w):
                 y, _ = decoder_layer(cfg, w, carry, cos, sin, mask)
@@ -228,7 +228,7 @@ class Qwen2ForCausalLM(nnx.Module):
         else:
             kv_seg = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache.index))
             q_slots = cache.index + jnp.arange(s, dtype=jnp.int32)
-            mask = make_mask(segment_ids, kv_seg, q_slots, jnp.arange(kv_seg.shape[1], dtype=jnp.int32))
+            mask = MaskSpec(segment_ids, kv_seg, q_slots, jnp.arange(kv_seg.shape[1], dtype=jnp.int32))
 
             def body(carry, w_kv):
                 w, k, v = w_kv

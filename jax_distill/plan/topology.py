@@ -47,15 +47,14 @@ class Topology:
         return self.chip.hbm_bytes
 
 
+# v5e and v6e slice shapes as Cloud TPU offers them (cloud.google.com/tpu/docs/v5e, /v6e).
+_2D_GRIDS = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+
+
 def _grid2(n: int) -> str:
-    a = 1
-    while a * a < n:
-        a *= 2
-    b = n // a
-    a, b = min(a, b), max(a, b)
-    if a * b != n:
-        raise ValueError(f"{n} chips is not a supported 2D slice size")
-    return f"{a}x{b}"
+    if n not in _2D_GRIDS:
+        raise ValueError(f"{n} chips is not a v5e/v6e slice size ({sorted(_2D_GRIDS)})")
+    return _2D_GRIDS[n]
 
 
 _V5P_GRIDS = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",

@@ -28,7 +28,10 @@ class Checkpointer:
         self.every = max(1, every)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=True, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "meta"))
+        # Handlers named up front, so a fresh process can read item metadata before any save or restore.
+        handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def save(self, step: int, state: Any, *, data_state: Any = None, meta: dict[str, Any] | None = None,
              force: bool = False) -> bool:

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_distill.model.config import ModelConfig
 from jax_distill.model.qwen2 import Qwen2ForCausalLM, param_axes
-from jax_distill.sharding import batch_sharding, named_sharding
+from jax_distill.sharding import batch_sharding, constrain, named_sharding, with_mesh
 
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
 
@@ -60,7 +60,9 @@ def chunked_cross_entropy(h: jax.Array, head: jax.Array, targets: jax.Array, mas
     @jax.checkpoint
     def one(args):
         hc, tc, mc = args
-        logits = jnp.einsum("bsd,dv->bsv", hc, head, preferred_element_type=jnp.float32)
+        hc = constrain(hc, ("batch", None, "act_embed"))
+        logits = constrain(jnp.einsum("bsd,dv->bsv", hc, head, preferred_element_type=jnp.float32),
+                           ("batch", None, "act_vocab"))
         lse = jax.nn.logsumexp(logits, axis=-1)
         tgt = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
         return jnp.sum((lse - tgt) * mc)
@@ -151,14 +153,14 @@ def build_step_fns(model: Qwen2ForCausalLM | Any, optimizer: optax.GradientTrans
     batch_shardings = {k: b_shard for k in BATCH_KEYS}
     step_fn = make_train_step(graphdef, optimizer, grad_accum, loss_chunk)
     jit_init = jax.jit(init, in_shardings=(p_shard,), out_shardings=state_shardings)
-    jit_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+    jit_step = jax.jit(with_mesh(step_fn, mesh), in_shardings=(state_shardings, batch_shardings),
                        out_shardings=(state_shardings, replicated), donate_argnums=(0,) if donate else ())
 
     def eval_fn(params, batch):
         loss_sum, tokens = loss_terms(graphdef, params, batch, loss_chunk)
         return {"loss_sum": loss_sum, "tokens": tokens}
 
-    jit_eval = jax.jit(eval_fn, in_shardings=(p_shard, batch_shardings), out_shardings=replicated)
+    jit_eval = jax.jit(with_mesh(eval_fn, mesh), in_shardings=(p_shard, batch_shardings), out_shardings=replicated)
     return StepFns(jit_init, jit_step, jit_eval, state_shardings, b_shard, graphdef)
 
 

@@ -1,0 +1,85 @@
+"""The demo end to end (reduced), its teacher data and tokenizer, the run manifest, and the CLI's help."""
+
+import json
+import re
+
+import pytest
+
+from jax_distill.cli import COMMANDS, build_parser, main
+from jax_distill.demo.synthetic import make_split
+from jax_distill.eval.grading import extract_boxed
+
+
+def test_teacher_data_is_deterministic_disjoint_and_boxed():
+    a, b = make_split("stage2", 50, seed=3), make_split("stage2", 50, seed=3)
+    assert a == b and a != make_split("stage2", 50, seed=4)
+    s1, held = make_split("stage1", 200), make_split("heldout", 50)
+    assert not {r["problem"] for r in s1} & {r["problem"] for r in held}
+    for r in s1 + a + held:
+        assert extract_boxed(r["response"]) == r["answer"] and 0 <= int(r["answer"]) <= 999
+    assert sum(len(r["response"]) for r in a) > 2 * sum(len(r["response"]) for r in s1[:50])
+    assert any("Wrong, redo" in r["response"] for r in a)  # some traces backtrack
+
+
+def test_demo_tokenizer_round_trips_and_keeps_specials(tmp_path):
+    from jax_distill.data.tokenize import load_tokenizer
+    from jax_distill.demo.tokenizer import train_demo_tokenizer
+
+    recs = make_split("stage2", 300)
+    tok = load_tokenizer(str(train_demo_tokenizer((r["response"] for r in recs), tmp_path / "tok", 400)))
+    text = recs[0]["response"]
+    assert tok.decode(tok.encode(text)) == text
+    ids, mask = tok.encode_chat([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+    assert ids.count(tok.im_start_id) == 3 and ids.count(tok.eos_id) == 3 and tok.vocab_size <= 400
+    assert all(len(tok.encode(d)) == 1 for d in "0123456789")
+
+
+def test_reduced_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--stage1-steps", "6", "--stage2-steps", "6", "--heldout", "8",
+                 "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["eval"]) == {"before", "after_stage1", "after_stage2"}
+    assert all(0.0 <= v <= 1.0 for v in report["eval"].values())
+    assert [s["name"] for s in report["stages"]] == ["stage1_format", "stage2_distill"]
+    assert all(s["steps"] == 6 and s["loss_last"] < s["loss_first"] for s in report["stages"])
+    assert report["wall_seconds"] > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "demo"
+    assert re.fullmatch(r"[0-9a-f]{40}", manifest["code"].get("git_commit", "0" * 40))
+    assert {"jax", "flax", "optax", "grain"} <= set(manifest["packages"])
+    assert len(manifest["data_files"]) == 3 and all(len(f["sha256"]) == 64 for f in manifest["data_files"])
+    assert manifest["tokenizer"]["sha256"] and manifest["seeds"] == {"seed": 0}
+    assert manifest["devices"]["device_count"] >= 1 and manifest["sampling"]["temperature"] == 0.0
+    # train wrote its own manifest and the per-stage weights load back
+    train_manifest = json.loads((out / "train" / "manifest.json").read_text())
+    assert train_manifest["kind"] == "train" and train_manifest["config"]["stages"][1]["name"] == "stage2_distill"
+    assert (out / "train" / "stage2_distill" / "hf" / "model.safetensors").is_file()
+    assert (out / "train" / "tb").is_dir() and (out / "train" / "metrics.jsonl").stat().st_size > 0
+
+
+def test_eval_cli_on_a_trained_model(tmp_path):
+    """`jax-distill eval` on the tiny config's exported model: files, manifest, real sampler and grader."""
+    from tests.conftest import REPO_ROOT
+
+    held = REPO_ROOT / "configs" / "tiny_data" / "heldout.jsonl"
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(REPO_ROOT / "configs" / "tiny_cpu.yaml"), "--no-progress",
+                 "train.steps=3", f"output_dir={run}", f"checkpoint.dir={run}/ck"]) == 0
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(run / "ck"), "--tokenizer", str(REPO_ROOT / "configs/tiny_data/tokenizer"),
+                 "--benchmark", "demo", "--data", str(held), "--limit", "6", "--n-samples", "2",
+                 "--temperature", "0.8", "--max-new-tokens", "24", "--dtype", "float32", "--out", str(out)]) == 0
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 12 and {"problem_index", "completion", "extracted_answer", "correct", "output_tokens"} <= set(samples[0])
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_problems"] == 6 and results["n_samples"] == 2 and "maj@k" in results
+    assert (out / "results.md").is_file() and json.loads((out / "manifest.json").read_text())["kind"] == "eval"
+
+
+def test_cli_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in text

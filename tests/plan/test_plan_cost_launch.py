@@ -1,0 +1,135 @@
+"""AOT plans for TPU slices (libtpu, no TPU), the cost arithmetic, and the launch scripts' dry runs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jax_distill.cli import main
+from jax_distill.model.config import ModelConfig
+from jax_distill.plan.cost import Workload, estimate, load_prices
+from jax_distill.plan.flops import matmul_params, train_flops_per_token
+from jax_distill.plan.topology import libtpu_available, parse_topology
+from tests.conftest import REPO_ROOT
+
+needs_libtpu = pytest.mark.skipif(not libtpu_available(), reason="libtpu not installed (pip install 'jax-distill[tpu]')")
+
+
+def test_topology_names():
+    t = parse_topology("v5p-128")
+    assert (t.chips, t.topology_name, t.chip_config_name, t.wrap) == (64, "v5:4x4x4", "megacore", (True,) * 3)
+    assert parse_topology("v5p-8").topology_name == "v5:2x2x1"
+    assert parse_topology("v5litepod-16").topology_name == "v5e:4x4"
+    assert parse_topology("v6e-8").topology_name == "v6e:2x4"
+    for bad in ("v5p-7", "v7x-8", "tpu", "v5e-12"):
+        with pytest.raises(ValueError):
+            parse_topology(bad)
+
+
+def test_flops_formula_against_hand_count():
+    cfg = ModelConfig(preset="qwen2.5-7b").resolve()
+    n = matmul_params(cfg)
+    # all parameters minus embeddings, norms and biases, plus the LM head
+    expected = cfg.param_count() - cfg.vocab_size * cfg.hidden_size * (1 if not cfg.tie_word_embeddings else 0) \
+        - (2 * cfg.num_hidden_layers + 1) * cfg.hidden_size \
+        - cfg.num_hidden_layers * (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
+    assert n == expected
+    s = 4096
+    attn = 6 * cfg.num_hidden_layers * s * cfg.num_attention_heads * cfg.head_dim
+    assert train_flops_per_token(cfg, s) == pytest.approx(6 * n + attn)
+
+
+@needs_libtpu
+def test_plan_small_topology_json(capsys):
+    assert main(["plan", "--model", "qwen2.5-0.5b", "--topology", "v5p-8", "--seq-len", "1024", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("fits", "per_chip_bytes", "hbm_bytes", "flops_per_step", "tokens_per_step", "topology"):
+        assert key in out
+    assert out["fits"] is True and out["topology"] == "v5p-8" and out["tokens_per_step"] == 4 * 1024
+    assert 0 < out["per_chip_bytes"] < out["hbm_bytes"]
+    cfg = ModelConfig(preset="qwen2.5-0.5b")
+    assert out["flops_per_step"] == pytest.approx(train_flops_per_token(cfg, 1024) * 4096)
+
+
+@needs_libtpu
+def test_plan_reports_does_not_fit_instead_of_crashing(capsys):
+    assert main(["plan", "--model", "qwen2.5-7b", "--topology", "v5e-4", "--seq-len", "2048", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fits"] is False
+
+
+def test_cost_arithmetic_on_a_small_case(tmp_path):
+    prices = tmp_path / "p.yaml"
+    prices.write_text("checked: x\nchips:\n  v5p: {on_demand: 4.0, spot: 2.0, source: s}\n"
+                      "  h100: {on_demand: 10.0, spot: 3.0, source: s}\n")
+    cfg = ModelConfig(preset="qwen2.5-0.5b")
+    work = Workload(cfg, [{"name": "s1", "tokens": 10**9, "seq_len": 4096}], eval_problems=30, eval_samples=2,
+                    eval_output_tokens=1000, eval_seq_len=2000)
+    lines = estimate(work, load_prices(prices), train_mfu=0.5, decode_mfu=0.1, chips_for_wall=8)
+    v5p = next(x for x in lines if x.chip == "v5p" and x.pricing == "spot")
+    train_h = train_flops_per_token(cfg, 4096) * 1e9 / (459e12 * 0.5) / 3600
+    assert v5p.train_chip_hours == pytest.approx(train_h)
+    assert v5p.cost_usd == pytest.approx((v5p.train_chip_hours + v5p.eval_chip_hours) * 2.0)
+    assert v5p.wall_hours_on["8"] == pytest.approx((v5p.train_chip_hours + v5p.eval_chip_hours) / 8)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("chips:\n  v5p: {on_demand: cheap, spot: 1}\n")
+    with pytest.raises(ValueError, match="chips.v5p.on_demand"):
+        load_prices(bad)
+
+
+def test_cost_cli_table_json_png(tmp_path, capsys):
+    png = tmp_path / "cost.png"
+    cfg = REPO_ROOT / "configs" / "qwen2.5-math-72b_v5p-128.yaml"
+    assert main(["cost", "--config", str(cfg), "--json", "--plot", str(png)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {ln["chip"] for ln in out["lines"]} == {"v5e", "v5p", "v6e", "h100", "h200"}
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert out["train_tokens"] > 10**8
+    assert main(["cost", "--config", str(cfg)]) == 0
+    assert "| chip | pricing |" in capsys.readouterr().out
+
+
+def _launch(*args):
+    return subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "tpu_vm.py"), *args], capture_output=True,
+                          text=True)
+
+
+def test_launch_dry_runs_print_exact_gcloud_commands():
+    common = ["--name", "qwen72-s2", "--zone", "us-east5-a", "--dry-run"]
+    out = _launch("create", *common, "--accelerator-type", "v5p-128", "--spot").stdout.splitlines()
+    assert out == ["gcloud compute tpus tpu-vm create qwen72-s2 --zone us-east5-a --accelerator-type v5p-128 "
+                   "--version v2-alpha-tpuv5 --spot"]
+    out = _launch("create", *common, "--accelerator-type", "v6e-64", "--queued").stdout.splitlines()
+    assert out == ["gcloud compute tpus queued-resources create qwen72-s2 --node-id qwen72-s2 --zone us-east5-a "
+                   "--accelerator-type v6e-64 --runtime-version v2-alpha-tpuv6e"]
+    out = _launch("run", *common, "--config", "configs/a b.yaml", "train.steps=3").stdout.splitlines()
+    assert out == ["gcloud compute tpus tpu-vm ssh qwen72-s2 --zone us-east5-a --worker=all --command "
+                   "'nohup jax-distill train --config '\"'\"'configs/a b.yaml'\"'\"' train.steps=3 --no-progress "
+                   "> train-qwen72-s2.log 2>&1 < /dev/null &'"]
+    out = _launch("resume", *common, "--accelerator-type", "v5p-128", "--config", "c.yaml").stdout.splitlines()
+    assert [line.split()[4] for line in out] == ["delete", "create", "ssh", "ssh"] and out[-1].count("--resume") == 1
+    out = _launch("delete", *common).stdout.splitlines()
+    assert out == ["gcloud compute tpus tpu-vm delete qwen72-s2 --zone us-east5-a --quiet"]
+    logs = _launch("logs", *common).stdout
+    assert "--worker=0" in logs and "tail -n 200 -f train-qwen72-s2.log" in logs
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--name", "x;rm -rf ~", "--zone", "us-east5-a", "--config", "c"],
+    ["run", "--name", "Upper", "--zone", "us-east5-a", "--config", "c"],
+    ["create", "--name", "ok", "--zone", "us-east5-a; ls", "--accelerator-type", "v5p-8"],
+    ["create", "--name", "ok", "--zone", "us-east5-a", "--accelerator-type", "v5p-8 --foo"],
+    ["run", "--name", "ok", "--zone", "us-east5-a", "--config", "c\nrm -rf /"],
+])
+def test_launch_rejects_bad_names(args):
+    done = _launch(*args, "--dry-run")
+    assert done.returncode != 0 and "invalid" in done.stderr and "gcloud" not in done.stdout
+
+
+def test_gpu_scripts_dry_run():
+    done = subprocess.run(["bash", str(REPO_ROOT / "launch" / "gpu_node.sh"), "configs/x.yaml", "--resume"],
+                          env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert done.returncode == 0
+    assert done.stdout.splitlines()[-1].strip() == "jax-distill train --config configs/x.yaml --no-progress --resume"
+    assert "srun jax-distill train" in (REPO_ROOT / "launch" / "slurm.sbatch").read_text()
