@@ -147,5 +147,6 @@ def read_traces(files: list[str], cfg: DataConfig, report: ReadReport | None = N
             if trace is not None:
                 traces.append(trace)
                 report.kept += 1
-        report.per_file[url] = {"records": report.records - before[0], "kept": report.kept - before[1]}
+        n, k = report.records - before[0], report.kept - before[1]
+        report.per_file[url] = {"records": n, "kept": k, "skipped": n - k}
     return traces, report

@@ -24,8 +24,8 @@ class DemoConfig:
     vocab_size: int = 512
     seq_len: int = 256
     batch_size: int = 16
-    stage1_steps: int = 150
-    stage2_steps: int = 350
+    stage1_steps: int = 100
+    stage2_steps: int = 900
     learning_rate: float = 3e-3
     hidden_size: int = 128
     num_layers: int = 4

@@ -186,12 +186,15 @@ def _abstract_model(cfg: ModelConfig) -> Qwen2ForCausalLM:
 
 
 def load_pretrained(path: str | Path, dtype: str = "float32", *, compute_dtype: str | None = None,
-                    mesh: Mesh | None = None, seed: int = 0, **execution: Any) -> Qwen2ForCausalLM:
+                    mesh: Mesh | None = None, seed: int = 0, context: dict[str, Any] | None = None,
+                    **execution: Any) -> Qwen2ForCausalLM:
     """Load a Hugging Face Qwen2 checkpoint directory (config.json + safetensors, single or sharded).
 
     ``dtype``: parameter dtype (the compute dtype too unless ``compute_dtype`` is given). With ``mesh``, every
     parameter is created directly as a sharded global array, reading only the tensors each local shard needs, so a
     72B checkpoint never exists whole in one host's memory. ``execution``: remat, scan_layers, attention.
+    ``context``: ``rope_theta`` / ``max_position_embeddings`` replacing the checkpoint's, to fine-tune at a longer
+    context than it was published with (e.g. Qwen2.5-Math: 4k, theta 1e4); no tensor changes shape.
     ``path`` may also be a preset name (e.g. "qwen2.5-0.5b"): a randomly initialised model of that shape.
     """
     p = Path(path)
@@ -206,6 +209,11 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *, compute_dtype: 
             return init_model(cfg, seed)
         raise FileNotFoundError(f"{path}: not a directory with config.json + safetensors, nor a preset name")
     cfg = from_hf_config(p / "config.json", dtype=compute_dtype or dtype, param_dtype=dtype, **execution)
+    if context:
+        unknown = set(context) - {"rope_theta", "max_position_embeddings"}
+        if unknown:
+            raise ValueError(f"context overrides may change rope_theta and max_position_embeddings only, not {unknown}")
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in context.items() if v is not None})
     reader = _SafetensorsReader(p)
     _check_tensors(reader, cfg, p)
     abstract = _abstract_model(cfg)

@@ -86,7 +86,9 @@ def initial_model(cfg: RunConfig, mesh: jax.sharding.Mesh) -> Qwen2ForCausalLM:
         from jax_distill.model.hf_io import load_pretrained
 
         execution = {k: getattr(mcfg, k) for k in ("remat", "scan_layers", "attention")}
-        return load_pretrained(mcfg.weights, dtype=mcfg.param_dtype, compute_dtype=mcfg.dtype, mesh=mesh, **execution)
+        context = {k: getattr(mcfg, k) for k in ("rope_theta", "max_position_embeddings")}
+        return load_pretrained(mcfg.weights, dtype=mcfg.param_dtype, compute_dtype=mcfg.dtype, mesh=mesh,
+                               context=context, **execution)
     from jax_distill.train.step import param_shardings
 
     resolved = mcfg.resolve()
@@ -95,6 +97,18 @@ def initial_model(cfg: RunConfig, mesh: jax.sharding.Mesh) -> Qwen2ForCausalLM:
     graphdef, _ = nnx.split(abstract)
     params = jax.jit(lambda: model_params(init_model(resolved, cfg.seed)), out_shardings=shardings)()
     return nnx.merge(graphdef, params)
+
+
+def check_context(cfg: RunConfig, model_cfg) -> None:
+    """Refuse to train past the model's context: RoPE was never trained there, and the loss would look fine while
+    the model learns position garbage. The fix is explicit: raise rope_theta and max_position_embeddings."""
+    for stage in cfg.stages:
+        if stage.data.seq_len > model_cfg.max_position_embeddings:
+            raise ValueError(
+                f"stage {stage.name}: data.seq_len {stage.data.seq_len} exceeds the model's max_position_embeddings "
+                f"{model_cfg.max_position_embeddings} (rope_theta {model_cfg.rope_theta:g}). To fine-tune at a longer "
+                "context, set model.max_position_embeddings and a larger model.rope_theta in the run config (for "
+                "Qwen2.5-Math at 16-32k, e.g. rope_theta 300000 and max_position_embeddings 32768).")
 
 
 def global_batch(local: dict[str, np.ndarray], fns: StepFns) -> dict[str, jax.Array]:
@@ -163,6 +177,7 @@ def train(cfg: RunConfig, *, stages: list[int] | None = None, resume: bool = Fal
     if resume and latest is None:
         log.warning("--resume: no complete checkpoint in %s; starting from scratch", ckpt.directory)
     model = initial_model(cfg, mesh)
+    check_context(cfg, model.config)
     graphdef, _ = nnx.split(model)
     params = model_params(model)
     opt_state = None
@@ -256,12 +271,13 @@ def train(cfg: RunConfig, *, stages: list[int] | None = None, resume: bool = Fal
             results.append(result)
             if on_stage_end is not None:
                 on_stage_end(i, result, model)
-            try:
-                from jax_distill.data.records import describe_sources
+            # Every file with its hash and this host's record / kept / skipped counts (the manifest's data record).
+            from jax_distill.data.sources import describe_sources
 
-                data_files += [dict(d, stage=stage.name) for d in describe_sources(stage.data.paths)]
-            except ImportError:
-                pass
+            read = result.data_report.get("read", result.data_report)
+            per_file = read.get("per_file", {})
+            data_files += [dict(d, stage=stage.name, **per_file.get(d["path"], {}))
+                           for d in describe_sources(stage.data.paths)]
         ckpt.wait()
     finally:
         writer.close()

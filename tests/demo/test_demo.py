@@ -54,6 +54,11 @@ def test_reduced_demo_end_to_end(tmp_path):
     # train wrote its own manifest and the per-stage weights load back
     train_manifest = json.loads((out / "train" / "manifest.json").read_text())
     assert train_manifest["kind"] == "train" and train_manifest["config"]["stages"][1]["name"] == "stage2_distill"
+    # every training file with its hash and exact counts (records = kept + skipped)
+    files = {f["stage"]: f for f in train_manifest["data_files"]}
+    assert set(files) == {"stage1_format", "stage2_distill"}
+    for f in files.values():
+        assert len(f["sha256"]) == 64 and f["records"] == f["kept"] + f["skipped"] and f["kept"] > 0
     assert (out / "train" / "stage2_distill" / "hf" / "model.safetensors").is_file()
     assert (out / "train" / "tb").is_dir() and (out / "train" / "metrics.jsonl").stat().st_size > 0
 

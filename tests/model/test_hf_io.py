@@ -132,3 +132,23 @@ def test_preset_name_gives_random_model():
     assert m(np.zeros((1, 3), np.int32)).shape == (1, 3, 512)
     with pytest.raises(FileNotFoundError, match="nor a preset"):
         load_pretrained("no-such-model")
+
+
+def test_context_extension_overrides_rope_and_is_exported(tmp_path):
+    """Fine-tuning past a checkpoint's published context (Qwen2.5-Math: 4k) is explicit: rope_theta and
+    max_position_embeddings replace the checkpoint's, the export carries them, and transformers agrees."""
+    from transformers import AutoModelForCausalLM
+
+    make_hf_model(tmp_path / "src")
+    ours = load_pretrained(tmp_path / "src", context={"rope_theta": 3e5, "max_position_embeddings": 8192})
+    assert (ours.config.rope_theta, ours.config.max_position_embeddings) == (3e5, 8192)
+    save_pretrained(ours, tmp_path / "out")
+    hf_cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    theta = hf_cfg.get("rope_theta", (hf_cfg.get("rope_parameters") or {}).get("rope_theta"))
+    assert theta == 3e5 and hf_cfg["max_position_embeddings"] == 8192
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = np.arange(40, dtype=np.int64).reshape(2, 20) % 300
+    np.testing.assert_allclose(np.asarray(ours(jax.numpy.asarray(ids, jax.numpy.int32))), hf_logits(back, ids),
+                               atol=2e-4, rtol=2e-4)
+    with pytest.raises(ValueError, match="hidden_size"):
+        load_pretrained(tmp_path / "src", context={"hidden_size": 64})
