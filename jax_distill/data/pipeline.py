@@ -117,6 +117,11 @@ def build_dataset(docs: list[dict[str, np.ndarray]], cfg: DataConfig, *, batch_s
         it = it.map(_finish_row)
     it = it.batch(batch_size, drop_remainder=drop_remainder)
     if cfg.worker_count > 0:
+        from absl import flags
+
+        # grain's worker processes read absl flags; a program that never called absl.app.run has not parsed them.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
     return it
 
