@@ -55,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
         batch = args.batch_size or stage.batch_size or cfg.train.batch_size
         grad_accum = cfg.train.grad_accum
     else:
-        model_cfg = ModelConfig(preset=args.model, dtype="bfloat16", remat="full")
-        mesh_cfg = MeshConfig(data=1, fsdp=-1, tensor=1)
         seq_len = args.seq_len or 16384
+        # What the shipped long-sequence configs run: bf16 compute, full remat, and query-chunked attention past 4k
+        # (a [S, S] score matrix per head is what runs out of memory first at 16k).
+        model_cfg = ModelConfig(preset=args.model, dtype="bfloat16", remat="full",
+                                attention="chunked" if seq_len > 4096 else "dot_product")
+        mesh_cfg = MeshConfig(data=1, fsdp=-1, tensor=1)
         batch = args.batch_size or topo.chips
         grad_accum = 1
     if args.remat:
@@ -68,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
                            compiler_flops=args.compiler_flops)
     d = result.as_dict()
     d["model"] = model_cfg.preset or args.config
+    d["attention"], d["remat"] = model_cfg.attention, model_cfg.remat
+    ctx = model_cfg.resolve().max_position_embeddings
+    d["warnings"] = [] if seq_len <= ctx else [
+        f"seq_len {seq_len} exceeds the model's max_position_embeddings {ctx}: training refuses it until the run "
+        "config sets model.max_position_embeddings and a larger model.rope_theta"]
     if args.json:
         print(json.dumps(d))
         return 0
@@ -83,5 +91,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  compiler FLOPs/step (extrapolated): {result.compiler_flops_per_step:.3e}")
     if result.decode:
         print(f"  decode step: {result.decode}")
+    for w in d["warnings"]:
+        print(f"  warning: {w}")
     print(f"  compiled in {result.compile_seconds:.0f} s")
     return 0

@@ -143,3 +143,16 @@ def test_compiler_flops_agree_with_the_analytic_count(capsys):
                  "--compiler-flops", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["compiler_flops_per_step"] == pytest.approx(out["flops_per_step"], rel=0.25)
+
+
+@needs_libtpu
+def test_plan_72b_on_v5p_128_fits(capsys):
+    """The issue's acceptance command: Qwen2.5-Math-72B at 16k on a v5p-128 compiles and fits (about 51 GiB of 95 per
+    chip), and says that 16k is past the checkpoint's published 4k context."""
+    assert main(["plan", "--model", "qwen2.5-math-72b", "--topology", "v5p-128", "--seq-len", "16384", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fits"] is True and out["mesh"] == {"data": 1, "fsdp": 64, "tensor": 1}
+    assert 20 * 2**30 < out["per_chip_bytes"] < 0.9 * out["hbm_bytes"]
+    cfg = ModelConfig(preset="qwen2.5-math-72b")
+    assert out["flops_per_step"] == pytest.approx(train_flops_per_token(cfg, 16384) * 64 * 16384)
+    assert any("max_position_embeddings 4096" in w for w in out["warnings"])
