@@ -12,6 +12,8 @@ of the shipped 72B run consumes: the plan's tokens per step / hosts / step time 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import math
 import os
@@ -24,7 +26,7 @@ import common  # noqa: F401
 from _record import record
 
 from jax_distill.data.config import DataConfig
-from jax_distill.data.pipeline import build_dataset, load_documents
+from jax_distill.data.pipeline import build_dataset, count_packed, load_documents
 from jax_distill.data.tokenize import load_tokenizer
 from jax_distill.model.config import ModelConfig
 from jax_distill.plan.flops import train_flops_per_token
@@ -53,28 +55,19 @@ def make_traces(path: Path, n: int, tok, seed: int = 0) -> None:
 
 def pack_rate(docs, cfg: DataConfig, workers: int) -> tuple[float, float, int]:
     """(non-pad tokens/s, packing efficiency, rows) over one shuffled epoch."""
-    cfg = DataConfig(**{**cfg.__dict__, "worker_count": workers})
+    cfg = dataclasses.replace(cfg, worker_count=workers)
     ds = build_dataset(docs, cfg, batch_size=BATCH, seed=0, shuffle=True, num_epochs=1)
     t0 = time.perf_counter()
-    rows = real = 0
-    for batch in ds:
-        seg = batch["segment_ids"]
-        rows += seg.shape[0]
-        real += int((seg > 0).sum())
+    rows, real = count_packed(ds)
     dt = time.perf_counter() - t0
     return real / dt, real / (rows * SEQ), rows
 
 
 def steady_state(docs, packing: str, bins: int, batches: int = 150) -> float:
     """Packing efficiency of the repeating stream (no end-of-epoch tail), as a long run sees it."""
-    import itertools
-
     c = DataConfig(paths=["-"], tokenizer="", seq_len=SEQ, packing=packing, packing_bins=bins)
-    rows = real = 0
-    for batch in itertools.islice(build_dataset(docs, c, batch_size=BATCH, seed=0, shuffle=True, num_epochs=None),
-                                  batches):
-        rows += batch["segment_ids"].shape[0]
-        real += int((batch["segment_ids"] > 0).sum())
+    ds = build_dataset(docs, c, batch_size=BATCH, seed=0, shuffle=True, num_epochs=None)
+    rows, real = count_packed(itertools.islice(ds, batches))
     return real / (rows * SEQ)
 
 

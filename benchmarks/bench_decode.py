@@ -7,17 +7,15 @@ bench-small fp32, batch 8, prompt 64, 256 new tokens, greedy, no early stop.
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import common  # noqa: F401
 import numpy as np
 import torch
 from _record import record
-from common import hf_bench_small, threads_note
+from common import bench_small_pair, threads_note
 
-from jax_distill import generate, load_pretrained
+from jax_distill import generate
 
 B, P, NEW = 8, 64, 256
 
@@ -37,9 +35,7 @@ def _t(fn) -> float:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as d:
-        hf = hf_bench_small(Path(d))
-        ours = load_pretrained(d)
+    hf, ours = bench_small_pair()
     prompts = np.random.default_rng(0).integers(0, 8192, (B, P))
     plist = prompts.tolist()
     generate(ours, plist, max_new_tokens=NEW, stop_ids=[])  # compile

@@ -5,25 +5,20 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 
 import common  # noqa: F401 - puts the repo on sys.path
 import jax
 import numpy as np
 import torch
 from _record import record
-from common import best_of, hf_bench_small, threads_note
+from common import best_of, bench_small_pair, threads_note
 
-from jax_distill import load_pretrained
 
 B, S = 4, 512
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as d:
-        hf = hf_bench_small(Path(d))
-        ours = load_pretrained(d)
+    hf, ours = bench_small_pair()
     ids = np.random.default_rng(0).integers(0, 8192, (B, S)).astype(np.int32)
     fwd = jax.jit(lambda m, x: m(x))
     t_ours = best_of(lambda: fwd(ours, ids).block_until_ready())

@@ -7,17 +7,14 @@ bench-small, fp32, batch 4 x seq 512, AdamW, one device (CPU here; on a GPU run 
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 
 import common  # noqa: F401
 import jax
 import numpy as np
 import torch
 from _record import record
-from common import best_of, hf_bench_small, threads_note, torch_matmul_peak, xla_matmul_peak
+from common import best_of, bench_small_pair, threads_note, torch_matmul_peak, xla_matmul_peak
 
-from jax_distill import load_pretrained
 from jax_distill.plan.flops import train_flops_per_token
 from jax_distill.sharding import MeshConfig, make_mesh
 from jax_distill.train.config import OptimConfig
@@ -28,9 +25,7 @@ B, S = 4, 512
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as d:
-        hf = hf_bench_small(Path(d))
-        ours = load_pretrained(d)
+    hf, ours = bench_small_pair()
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 8192, (B, S)).astype(np.int32)
     batch = {"input_ids": ids, "targets": np.roll(ids, -1, 1), "loss_mask": np.ones((B, S), np.float32),

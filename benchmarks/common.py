@@ -27,6 +27,17 @@ def hf_bench_small(tmp: Path, seed: int = 0):
     return model
 
 
+def bench_small_pair(seed: int = 0):
+    """(transformers model, our model) of bench-small with the same random weights."""
+    import tempfile
+
+    from jax_distill import load_pretrained
+
+    with tempfile.TemporaryDirectory() as d:
+        hf = hf_bench_small(Path(d), seed)
+        return hf, load_pretrained(d)
+
+
 def best_of(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
     """Fastest wall time of ``repeats`` calls after ``warmup`` calls (least disturbed by other load)."""
     for _ in range(warmup):

@@ -101,7 +101,7 @@ def run_stats(args: argparse.Namespace) -> int:
     import json
 
     from jax_distill.data.config import DataConfig
-    from jax_distill.data.pipeline import build_dataset, load_documents
+    from jax_distill.data.pipeline import build_dataset, count_packed, load_documents
     from jax_distill.data.records import BadRecordError
     from jax_distill.data.tokenize import load_tokenizer
 
@@ -114,11 +114,8 @@ def run_stats(args: argparse.Namespace) -> int:
         raise SystemExit(f"bad record: {err}") from None
     rows = real = 0
     if docs:
-        for batch in build_dataset(docs, cfg, batch_size=args.batch_size, seed=0, shuffle=False, num_epochs=1,
-                                   drop_remainder=False):
-            seg = batch["segment_ids"]
-            rows += seg.shape[0]
-            real += int((seg > 0).sum())
+        rows, real = count_packed(build_dataset(docs, cfg, batch_size=args.batch_size, seed=0, shuffle=False,
+                                                num_epochs=1, drop_remainder=False))
     out = report.as_dict()
     out["packing_efficiency"] = real / (rows * cfg.seq_len) if rows else 0.0
     out["padded_efficiency"] = report.tokens / (len(docs) * cfg.seq_len) if docs else 0.0

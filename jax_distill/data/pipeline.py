@@ -126,6 +126,15 @@ def build_dataset(docs: list[dict[str, np.ndarray]], cfg: DataConfig, *, batch_s
     return it
 
 
+def count_packed(batches) -> tuple[int, int]:
+    """(rows, non-padding tokens) over packed batches: packing efficiency is tokens / (rows * seq_len)."""
+    rows = real = 0
+    for batch in batches:
+        rows += batch["segment_ids"].shape[0]
+        real += int((batch["segment_ids"] > 0).sum())
+    return rows, real
+
+
 class TraceIterator:
     """Iterator of host-local batches (dict of numpy arrays [batch, seq_len]) with checkpointable state."""
 

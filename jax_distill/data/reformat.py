@@ -14,12 +14,12 @@ import logging
 import re
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
 
+from jax_distill.data.records import ReadReport
 from jax_distill.eval.grading import extract_boxed, is_correct
 
 log = logging.getLogger("jax_distill.reformat")
@@ -188,12 +188,9 @@ class RewriteCache:
 
 
 @dataclass
-class ReformatReport:
-    """records = kept + sum(skipped.values())."""
+class ReformatReport(ReadReport):
+    """records = kept + sum(skipped.values()), with the rewriter's calls, tokens and cost."""
 
-    records: int = 0
-    kept: int = 0
-    skipped: Counter = field(default_factory=Counter)
     api_calls: int = 0
     cache_hits: int = 0
     prompt_tokens: int = 0  # all kept or attempted rewrites, cached ones included
@@ -205,7 +202,7 @@ class ReformatReport:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "errors"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("errors", "truncated", "per_file")}
         d["skipped"] = dict(sorted(self.skipped.items()))
         d["errors"] = self.errors[:20]
         return d
@@ -231,17 +228,16 @@ def load_problem_set(spec: str, *, split: str = "train", name: str | None = None
     files (a path or glob)."""
     import datasets
 
-    suffix = spec.rsplit(".", 1)[-1].lower() if "." in Path(spec).name else ""
-    if suffix in ("json", "jsonl", "parquet") or Path(spec).exists():
-        builder = "parquet" if suffix == "parquet" else "json"
-        if Path(spec).is_dir():
-            raise ValueError(f"{spec}: give files or a glob, not a folder")
-        if not any(ch in spec for ch in "*?[") and not Path(spec).exists():
-            raise FileNotFoundError(f"problem set not found: {spec}")
-        ds = datasets.load_dataset(builder, data_files=spec, split="train")
-    else:
-        ds = datasets.load_dataset(spec, name, split=split)
-    yield from ds
+    path = Path(spec)
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in ("json", "jsonl", "parquet") and not path.exists():
+        yield from datasets.load_dataset(spec, name, split=split)  # a hub name
+        return
+    if path.is_dir():
+        raise ValueError(f"{spec}: give files or a glob, not a folder")
+    if not any(ch in spec for ch in "*?[") and not path.exists():
+        raise FileNotFoundError(f"problem set not found: {spec}")
+    yield from datasets.load_dataset("parquet" if suffix == "parquet" else "json", data_files=spec, split="train")
 
 
 def reformat(rows: Iterable[dict[str, Any]], rewriter: Rewriter, *, source: str, cache: RewriteCache | None = None,
@@ -254,29 +250,24 @@ def reformat(rows: Iterable[dict[str, Any]], rewriter: Rewriter, *, source: str,
     todo: list[tuple[int, dict[str, Any], str]] = []
     results: dict[int, dict[str, Any]] = {}
 
-    def skip(reason: str, where: str, detail: str) -> None:
-        if strict:
-            raise ValueError(f"{where}: {detail}")
-        report.skipped[reason] += 1
-
     for i, rec in enumerate(rows):
         report.records += 1
         where = f"{source} row {i}"
         problem, solution = _pick(rec, fields.problem), _pick(rec, fields.solution)
         if not isinstance(problem, str) or not isinstance(solution, str) or not problem.strip() or not solution.strip():
-            skip("missing_field", where, f"needs a problem ({'/'.join(fields.problem)}) and a solution "
-                 f"({'/'.join(fields.solution)}) as non-empty strings")
+            report.skip("missing_field", where, strict, f"needs a problem ({'/'.join(fields.problem)}) and a "
+                        f"solution ({'/'.join(fields.solution)}) as non-empty strings")
             continue
         if needs_figure(problem):
-            skip("needs_figure", where, "the problem refers to a figure or diagram")
+            report.skip("needs_figure", where, strict, "the problem refers to a figure or diagram")
             continue
         if asks_for_proof(problem):
-            skip("proof", where, "the problem asks for a proof (no single answer to check)")
+            report.skip("proof", where, strict, "the problem asks for a proof (no single answer to check)")
             continue
         answer = _pick(rec, fields.answer)
         answer = str(answer).strip() if answer is not None else extract_boxed(solution)
         if not answer:
-            skip("no_answer", where, "no answer field and no \\boxed{} in the solution")
+            report.skip("no_answer", where, strict, "no answer field and no \\boxed{} in the solution")
             continue
         rid = _pick(rec, fields.id)
         item = {"id": str(rid) if rid is not None else f"{source}:{i}", "source": source, "problem": problem,
@@ -309,7 +300,7 @@ def reformat(rows: Iterable[dict[str, Any]], rewriter: Rewriter, *, source: str,
                 _, item, rw = fut.result()
             except Exception as err:  # noqa: BLE001 - after the client's retries: count, report, keep going
                 report.errors.append(f"{item['id']}: {type(err).__name__}: {err}")
-                skip("rewrite_failed", f"{source} row {i}", f"rewriter failed after retries: {err}")
+                report.skip("rewrite_failed", f"{source} row {i}", strict, f"rewriter failed after retries: {err}")
                 if bar:
                     bar.update()
                 continue
@@ -331,11 +322,11 @@ def reformat(rows: Iterable[dict[str, Any]], rewriter: Rewriter, *, source: str,
         # Checked in this (main) thread: math_verify's timeouts use signals.
         boxed = extract_boxed(rec["response"])
         if boxed is None:
-            skip("rewrite_unboxed", f"{source} row {i}", "the rewrite has no \\boxed{} answer")
+            report.skip("rewrite_unboxed", f"{source} row {i}", strict, "the rewrite has no \\boxed{} answer")
             continue
         if not is_correct(boxed, rec["answer"], "math"):
-            skip("answer_mismatch", f"{source} row {i}",
-                 f"the rewrite boxes {boxed!r}, the reference answer is {rec['answer']!r}")
+            report.skip("answer_mismatch", f"{source} row {i}", strict,
+                        f"the rewrite boxes {boxed!r}, the reference answer is {rec['answer']!r}")
             continue
         kept.append(rec)
     report.kept = len(kept)
