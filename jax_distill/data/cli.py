@@ -14,7 +14,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--tokenizer", required=True, help=".tiktoken file, tokenizer dir or hub name")
     s.add_argument("--seq-len", type=int, required=True)
     s.add_argument("--batch-size", type=int, default=8, help="rows per batch when packing (default 8)")
-    s.add_argument("--packing", default="first_fit", choices=["first_fit", "best_fit", "none"])
+    s.add_argument("--packing", default="best_fit_decreasing",
+                   choices=["best_fit_decreasing", "first_fit", "best_fit", "none"],
+                   help="packer (default best_fit_decreasing, a window of --packing-window documents)")
+    s.add_argument("--packing-window", type=int, default=512, help="documents per packing window (default 512)")
     s.add_argument("--overlong", default="truncate", choices=["truncate", "drop"])
     s.add_argument("--require-boxed", action="store_true", help="skip responses without \\boxed{}")
     s.add_argument("--strict", action="store_true", help="stop at the first bad record, naming file/line/field")
@@ -106,6 +109,7 @@ def run_stats(args: argparse.Namespace) -> int:
     from jax_distill.data.tokenize import load_tokenizer
 
     cfg = DataConfig(paths=list(args.data), tokenizer=args.tokenizer, seq_len=args.seq_len, packing=args.packing,
+                     packing_window=args.packing_window,
                      overlong=args.overlong, require_boxed=args.require_boxed, strict=args.strict)
     tok = load_tokenizer(args.tokenizer)
     try:

@@ -27,8 +27,10 @@ class DataConfig:
     loss_on: Literal["assistant", "all"] = "assistant"
     overlong: Literal["truncate", "drop"] = "truncate"
     require_boxed: bool = False  # drop (and count) responses without a \boxed{} answer
-    packing: Literal["first_fit", "best_fit", "none"] = "first_fit"
-    packing_bins: int = 0  # rows the packer keeps open at once; 0 = the batch size
+    # best_fit_decreasing: ours, windowed (data/packing.py), ~97.5% at 16k; first_fit/best_fit: grain's online packers
+    packing: Literal["best_fit_decreasing", "first_fit", "best_fit", "none"] = "best_fit_decreasing"
+    packing_window: int = 512  # documents per best_fit_decreasing window (memory: window x mean document)
+    packing_bins: int = 0  # first_fit/best_fit: rows the packer keeps open at once; 0 = the batch size
     shuffle: bool = True
     num_epochs: int | None = None  # None = repeat forever
     worker_count: int = 0  # grain worker processes for the packing/batching stage (0 = in-process)
@@ -39,3 +41,5 @@ class DataConfig:
             raise ValueError(f"seq_len {self.seq_len} is too small")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ValueError("num_epochs must be >= 1 or null (repeat forever)")
+        if self.packing_window < 1:
+            raise ValueError(f"packing_window must be >= 1, got {self.packing_window}")
