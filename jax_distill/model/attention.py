@@ -60,6 +60,24 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
     return out.reshape(b, sq, h, d).astype(q.dtype)
 
 
+def cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Attention of new queries over a KV cache stored heads-major; softmax in float32.
+
+    q [B, Sq, H, D]; k, v [B, K, T, D] (the cache layout: each head's keys contiguous, so the score and value
+    contractions read the cache as it lies instead of transposing all of it every step); mask bool [B, 1, Sq, T].
+    Returns [B, Sq, H, D] in q.dtype. Same maths as :func:`xla_attention`."""
+    b, sq, h, d = q.shape
+    kh = k.shape[1]
+    # [B, K, G*Sq, D]: each kv head's queries as one matrix, so both contractions are plain batched matmuls
+    qg = q.reshape(b, sq, kh, h // kh, d).transpose(0, 2, 3, 1, 4).reshape(b, kh, h // kh * sq, d)
+    scores = jnp.einsum("bkqd,bksd->bkqs", qg, k, preferred_element_type=jnp.float32) * (d**-0.5)
+    scores = scores.reshape(b, kh, h // kh, sq, -1)
+    scores = jnp.where(mask[:, :, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kh, h // kh * sq, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, kh, h // kh, sq, d).transpose(0, 3, 1, 2, 4).reshape(b, sq, h, d).astype(q.dtype)
+
+
 def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec, chunk: int = 1024) -> jax.Array:
     """Memory-efficient attention for long sequences: queries in chunks, each chunk's mask built on the fly and the
     chunk rematerialised in the backward pass, so the live score tensor is [B, H, chunk, Sk] instead of

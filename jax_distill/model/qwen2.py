@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_distill.model.attention import MaskSpec, attention
+from jax_distill.model.attention import MaskSpec, attention, cache_attention
 from jax_distill.model.config import ModelConfig
 from jax_distill.sharding import constrain
 
@@ -81,35 +81,58 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 class KVCache(NamedTuple):
-    """Preallocated decode cache for all layers.
+    """Preallocated decode cache for all layers, heads-major so attention reads it without transposing.
 
-    k, v: [layers, B, T, kv_heads, head_dim] in the compute dtype; segment_ids int32 [B, T] (0 = empty/padding);
-    index: int32 scalar, the next slot to write (same for every row: prompts are left-padded to a common length).
+    k, v: either one stacked array [layers, B, kv_heads, T, head_dim] (carried through the layer scan and updated in
+    place) or a tuple of per-layer arrays [B, kv_heads, T, head_dim] (layers unrolled; each buffer updated in place,
+    which on CPU avoids copying a layer's slice out of the stack every step). Compute dtype.
+    segment_ids int32 [B, T] (0 = empty/padding); index: int32 scalar, the next slot to write (same for every row:
+    prompts are left-padded to a common length).
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
     segment_ids: jax.Array
     index: jax.Array
 
     @classmethod
-    def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+    def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None,
+              per_layer: bool | None = None) -> KVCache:
+        """An empty cache; ``per_layer`` (default: ``not cfg.scan_layers``) picks the tuple-of-layers form."""
         dtype = dtype or jnp.dtype(cfg.dtype)
-        shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, max_len), jnp.int32),
-                   jnp.zeros((), jnp.int32))
+        per_layer = (not cfg.scan_layers) if per_layer is None else per_layer
+        shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        if per_layer:
+            k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
+            v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
+        else:
+            k = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
+            v = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
+        return cls(k, v, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32))
 
 
-CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
+CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")  # the stacked form
+
+
+def _cache_write(buf: jax.Array, new: jax.Array, index: jax.Array, layer: jax.Array | None):
+    """Write new keys or values [B, S, K, hd] at slot ``index`` of a cache buffer; returns (buffer, this layer's
+    [B, K, T, hd] view). ``layer`` None: ``buf`` is one layer's [B, K, T, hd]; else the stack [L, B, K, T, hd]."""
+    new = new.swapaxes(1, 2).astype(buf.dtype)
+    if layer is None:
+        buf = jax.lax.dynamic_update_slice(buf, new, (0, 0, index, 0))
+        return buf, buf
+    buf = jax.lax.dynamic_update_slice(buf, new[None], (layer, 0, 0, index, 0))
+    return buf, jax.lax.dynamic_index_in_dim(buf, layer, keepdims=False)
 
 
 def decoder_layer(cfg: ModelConfig, w: dict[str, jax.Array], x: jax.Array, cos: jax.Array, sin: jax.Array,
-                  mask: jax.Array, kv: tuple[jax.Array, jax.Array] | None = None, index: jax.Array | None = None):
+                  mask: jax.Array, kv: tuple[jax.Array, jax.Array] | None = None, index: jax.Array | None = None,
+                  layer: jax.Array | None = None):
     """One pre-norm decoder layer.
 
     x [B, S, D] compute dtype; w: this layer's parameters (no ``layers`` axis); mask bool [B, 1, S, Skv].
-    kv: this layer's cache (k, v) [B, T, K, hd] to write the new keys/values into at slot ``index`` and attend over.
-    Returns (x [B, S, D], new (k, v) or None).
+    kv: cache buffers (k, v) to write the new keys/values into at slot ``index`` and attend over: this layer's
+    [B, K, T, hd], or with ``layer`` given, the whole stack [L, B, K, T, hd]. Returns (x [B, S, D], new kv or None).
     """
     dt = x.dtype
     w = {name: p.astype(dt) for name, p in w.items()}
@@ -119,12 +142,14 @@ def decoder_layer(cfg: ModelConfig, w: dict[str, jax.Array], x: jax.Array, cos: 
     v = jnp.einsum("bsd,dhk->bshk", h, w["v_proj"]) + w["v_bias"]
     q = constrain(apply_rope(q, cos, sin), ("batch", "seq", "act_heads", None))
     k = apply_rope(k, cos, sin)
-    new_kv = None
-    if kv is not None:
-        k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
-        v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
-        new_kv = (k, v)
-    out = attention(q, k.astype(dt), v.astype(dt), mask, cfg.attention)
+    if kv is None:
+        new_kv = None
+        out = attention(q, k, v, mask, cfg.attention)
+    else:
+        k_buf, k_layer = _cache_write(kv[0], k, index, layer)
+        v_buf, v_layer = _cache_write(kv[1], v, index, layer)
+        new_kv = (k_buf, v_buf)
+        out = cache_attention(q, k_layer.astype(dt), v_layer.astype(dt), mask)
     x = x + jnp.einsum("bshk,hkd->bsd", out, w["o_proj"])
     x = constrain(x, ("batch", "seq", "act_embed"))
     h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
@@ -191,12 +216,20 @@ class Qwen2ForCausalLM(nnx.Module):
         w = self.embed[...].T if self.lm_head is None else self.lm_head[...]
         return w.astype(_dtype(self.config.dtype))
 
+    def layer_weights(self) -> list[dict[str, jax.Array]]:
+        """The decoder parameters split per layer. A decode loop takes them once, outside the loop: slicing the
+        stacked arrays inside it copies every weight on every step on backends that do not fuse the slice."""
+        stacked = self.layers.weights()
+        return [{k: v[i] for k, v in stacked.items()} for i in range(self.config.num_hidden_layers)]
+
     def hidden_states(self, input_ids: jax.Array, positions: jax.Array | None = None,
-                      segment_ids: jax.Array | None = None, cache: KVCache | None = None):
+                      segment_ids: jax.Array | None = None, cache: KVCache | None = None,
+                      layer_weights: list[dict[str, jax.Array]] | None = None):
         """Final-norm hidden states [B, S, D] (compute dtype), and the updated cache when one is given.
 
         input_ids int32 [B, S]; positions int32 [B, S] (default 0..S-1; restart per packed document);
-        segment_ids int32 [B, S] (default all 1; 0 = padding); cache: see :class:`KVCache`.
+        segment_ids int32 [B, S] (default all 1; 0 = padding); cache: see :class:`KVCache`;
+        layer_weights: :meth:`layer_weights`, for the per-layer-cache path (default: sliced here).
         """
         cfg = self.config
         b, s = input_ids.shape
@@ -230,28 +263,38 @@ class Qwen2ForCausalLM(nnx.Module):
             q_slots = cache.index + jnp.arange(s, dtype=jnp.int32)
             mask = MaskSpec(segment_ids, kv_seg, q_slots, jnp.arange(kv_seg.shape[1], dtype=jnp.int32))
 
-            def body(carry, w_kv):
-                w, k, v = w_kv
-                y, (k, v) = decoder_layer(cfg, w, carry, cos, sin, mask, (k, v), cache.index)
-                return y, (k, v)
-
-            if cfg.scan_layers:
-                x, (ks, vs) = jax.lax.scan(body, x, (weights, cache.k, cache.v))
-            else:
+            mask = mask.dense()
+            if isinstance(cache.k, tuple):  # per-layer buffers, layers unrolled
                 ks, vs = [], []
-                for i in range(cfg.num_hidden_layers):
-                    x, (k, v) = body(x, (jax.tree.map(lambda p: p[i], weights), cache.k[i], cache.v[i]))
+                per_layer = layer_weights if layer_weights is not None else self.layer_weights()
+                for i, w in enumerate(per_layer):
+                    x, (k, v) = decoder_layer(cfg, w, x, cos, sin, mask, (cache.k[i], cache.v[i]), cache.index)
                     ks.append(k)
                     vs.append(v)
-                ks, vs = jnp.stack(ks), jnp.stack(vs)
+                ks, vs = tuple(ks), tuple(vs)
+            else:  # the stacked cache rides in the scan carry, so each layer updates it in place
+
+                def body(carry, w):
+                    y, i, k, v = carry
+                    y, (k, v) = decoder_layer(cfg, w, y, cos, sin, mask, (k, v), cache.index, layer=i)
+                    return (y, i + 1, k, v), None
+
+                carry = (x, jnp.int32(0), cache.k, cache.v)
+                if cfg.scan_layers:
+                    carry, _ = jax.lax.scan(body, carry, weights)
+                else:
+                    for i in range(cfg.num_hidden_layers):
+                        carry, _ = body(carry, jax.tree.map(lambda p: p[i], weights))
+                x, _, ks, vs = carry
             new_cache = KVCache(ks, vs, kv_seg, cache.index + s)
         x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
         return x, new_cache
 
     def __call__(self, input_ids: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, cache: KVCache | None = None):
+                 segment_ids: jax.Array | None = None, cache: KVCache | None = None,
+                 layer_weights: list[dict[str, jax.Array]] | None = None):
         """Logits float32 [B, S, V] (and the updated cache when ``cache`` is given)."""
-        h, new_cache = self.hidden_states(input_ids, positions, segment_ids, cache)
+        h, new_cache = self.hidden_states(input_ids, positions, segment_ids, cache, layer_weights)
         logits = jnp.einsum("bsd,dv->bsv", h, self.head_weight(), preferred_element_type=jnp.float32)
         logits = constrain(logits, ("batch", "seq", "act_vocab"))
         return logits if cache is None else (logits, new_cache)

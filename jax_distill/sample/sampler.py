@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from jax_distill.model.config import ModelConfig
-from jax_distill.model.qwen2 import CACHE_AXES, KVCache, Qwen2ForCausalLM
+from jax_distill.model.qwen2 import CACHE_AXES, KVCache, Qwen2ForCausalLM, with_config
 from jax_distill.sharding import named_sharding
 
 # Qwen2.5's <|endoftext|> and <|im_end|>.
@@ -62,11 +62,13 @@ def _generate_padded(graphdef: Any, params: Any, tokens: jax.Array, segment_ids:
     cfg = model.config
     b, p = tokens.shape
     positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0).astype(jnp.int32)
-    cache = KVCache.zeros(cfg, b, p + max_new_tokens)
+    cache = KVCache.zeros(cfg, b, p + max_new_tokens)  # per-layer buffers when the layers are unrolled
     if cache_sharding is not None:
-        cache = cache._replace(k=jax.lax.with_sharding_constraint(cache.k, cache_sharding),
-                               v=jax.lax.with_sharding_constraint(cache.v, cache_sharding))
-    logits, cache = model(tokens, positions, segment_ids, cache)
+        pin = functools.partial(jax.lax.with_sharding_constraint, shardings=cache_sharding)
+        cache = cache._replace(k=jax.tree.map(pin, cache.k), v=jax.tree.map(pin, cache.v))
+    # Sliced once here, not on every step inside the loop (see Qwen2ForCausalLM.layer_weights).
+    layer_weights = model.layer_weights() if isinstance(cache.k, tuple) else None
+    logits, cache = model(tokens, positions, segment_ids, cache, layer_weights)
     base_keys = jax.vmap(jax.random.key)(row_seeds)
 
     def pick(step_logits, step):
@@ -84,7 +86,7 @@ def _generate_padded(graphdef: Any, params: Any, tokens: jax.Array, segment_ids:
 
     def body(state):
         step, last, pos, cache, done, out = state
-        logits, cache = model(last[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32), cache)
+        logits, cache = model(last[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32), cache, layer_weights)
         tok = pick(logits[:, 0], step)
         tok = jnp.where(done, -1, tok)
         out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, step))
@@ -98,13 +100,17 @@ def _generate_padded(graphdef: Any, params: Any, tokens: jax.Array, segment_ids:
 
 def generate(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]], max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] = 0,
-             stop_ids: Sequence[int] | None = None, pad_id: int = 0, mesh: Mesh | None = None) -> list[list[int]]:
+             stop_ids: Sequence[int] | None = None, pad_id: int = 0, mesh: Mesh | None = None,
+             unroll_layers: bool = True) -> list[list[int]]:
     """Sample continuations for a batch of prompts.
 
     prompt_token_ids: list of token-id lists (any lengths). ``seed``: one int (row i uses seed + i) or one per row,
     so a sample is reproducible whatever batch it is drawn in. Returns, per prompt, the generated ids with the prompt
     and the stop token excluded. ``stop_ids`` default: Qwen's <|endoftext|> and <|im_end|>.
     ``mesh``: shard the batch and the KV cache (heads on the tensor axis) for large models.
+    ``unroll_layers``: decode with the layers unrolled and one cache buffer per layer, each updated in place (the
+    fastest step); False keeps the layer scan with the stacked cache in its carry, compiling one layer body, for
+    very deep models where compile time matters more.
     """
     if not prompt_token_ids:
         return []
@@ -124,12 +130,17 @@ def generate(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]],
         seg[i, p_len - len(p):] = 1
     seg[n:, -1] = 1  # filler rows (batch bucket) decode a pad token; their output is dropped
     row_seeds = np.asarray(seeds + [0] * (b - n), np.uint32)
+    if model.config.scan_layers == unroll_layers:
+        model = with_config(model, scan_layers=not unroll_layers)
     graphdef, params = nnx.split(model)
     cache_sharding = None
     if mesh is not None:
         cfg = model.config
-        shape = (cfg.num_hidden_layers, b, p_len + max_new_tokens, cfg.num_key_value_heads, cfg.head_dim)
-        cache_sharding = named_sharding(mesh, CACHE_AXES, shape)
+        shape = (cfg.num_hidden_layers, b, cfg.num_key_value_heads, p_len + max_new_tokens, cfg.head_dim)
+        axes = CACHE_AXES
+        if unroll_layers:
+            shape, axes = shape[1:], axes[1:]
+        cache_sharding = named_sharding(mesh, axes, shape)
     out = _generate_padded(graphdef, params, jnp.asarray(tokens), jnp.asarray(seg), jnp.asarray(row_seeds),
                            jnp.asarray(stops, jnp.int32), jnp.float32(temperature), jnp.float32(top_p),
                            jnp.int32(top_k), max_new_tokens=int(max_new_tokens),
@@ -160,7 +171,7 @@ def abstract_decode_step(model_cfg: ModelConfig, mesh: Mesh, *, batch_size: int,
     graphdef, state = nnx.split(model)
     p_shard = param_shardings(model, mesh)
     params = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), state.to_pure_dict(), p_shard)
-    kv_shape = (cfg.num_hidden_layers, batch_size, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    kv_shape = (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
     kv_sharding = named_sharding(mesh, CACHE_AXES, kv_shape)
     row = named_sharding(mesh, ("batch", None), (batch_size, 1))
     seg_sharding = named_sharding(mesh, ("batch", None), (batch_size, max_len))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jax_distill import generate, load_pretrained
-from jax_distill.model.qwen2 import KVCache
+from jax_distill.model.qwen2 import KVCache, with_config
 from jax_distill.sample.sampler import sample_logits
 from tests.model.hf_reference import make_hf_model
 
@@ -18,12 +18,15 @@ def tiny(tmp_path_factory):
     return hf, load_pretrained(d)
 
 
-def test_cached_decode_logits_equal_full_forward(tiny):
+@pytest.mark.parametrize("per_layer", [False, True])  # stacked cache in the layer scan; one buffer per layer
+def test_cached_decode_logits_equal_full_forward(tiny, per_layer):
     _, model = tiny
+    model = with_config(model, scan_layers=not per_layer)
     seq = np.random.default_rng(0).integers(0, 300, (2, 24)).astype(np.int32)
     full = np.asarray(model(seq))
     prompt = 10
     cache = KVCache.zeros(model.config, 2, 32)
+    assert isinstance(cache.k, tuple) == per_layer
     logits, cache = model(seq[:, :prompt], None, None, cache)
     np.testing.assert_allclose(np.asarray(logits), full[:, :prompt], atol=1e-5 * np.abs(full).max(), rtol=0)
     for t in range(prompt, 24):
@@ -32,13 +35,14 @@ def test_cached_decode_logits_equal_full_forward(tiny):
         np.testing.assert_allclose(np.asarray(step_logits)[:, 0], full[:, t], atol=1e-5 * np.abs(full).max(), rtol=0)
 
 
-def test_greedy_generate_equals_transformers(tiny):
+@pytest.mark.parametrize("unroll_layers", [True, False])
+def test_greedy_generate_equals_transformers(tiny, unroll_layers):
     import torch
 
     hf, model = tiny
     rng = np.random.default_rng(1)
     prompts = [rng.integers(0, 300, n).tolist() for n in (5, 17, 9, 30)]
-    ours = generate(model, prompts, max_new_tokens=24, temperature=0.0, stop_ids=[299])
+    ours = generate(model, prompts, max_new_tokens=24, temperature=0.0, stop_ids=[299], unroll_layers=unroll_layers)
     for p, got in zip(prompts, ours):
         with torch.no_grad():
             ref = hf.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False, eos_token_id=299,
