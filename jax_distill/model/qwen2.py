@@ -125,6 +125,16 @@ def _cache_write(buf: jax.Array, new: jax.Array, index: jax.Array, layer: jax.Ar
     return buf, jax.lax.dynamic_index_in_dim(buf, layer, keepdims=False)
 
 
+def _proj(x: jax.Array, w: jax.Array, eq: str) -> jax.Array:
+    """``einsum(eq)`` over tokens flattened to one axis: x [B, S, ...] -> [B*S, ...] -> [B, S, ...].
+
+    With a single token axis every weight gradient is one plain (tokens)-contracted matmul; with separate batch and
+    sequence axes XLA:CPU lays the backward operands out transposed and runs those matmuls at half speed."""
+    b, s = x.shape[:2]
+    y = jnp.einsum(eq, x.reshape(b * s, *x.shape[2:]), w)
+    return y.reshape(b, s, *y.shape[1:])
+
+
 def decoder_layer(cfg: ModelConfig, w: dict[str, jax.Array], x: jax.Array, cos: jax.Array, sin: jax.Array,
                   mask: jax.Array, kv: tuple[jax.Array, jax.Array] | None = None, index: jax.Array | None = None,
                   layer: jax.Array | None = None):
@@ -137,9 +147,9 @@ def decoder_layer(cfg: ModelConfig, w: dict[str, jax.Array], x: jax.Array, cos: 
     dt = x.dtype
     w = {name: p.astype(dt) for name, p in w.items()}
     h = rms_norm(x, w["input_norm"], cfg.rms_norm_eps)
-    q = jnp.einsum("bsd,dhk->bshk", h, w["q_proj"]) + w["q_bias"]
-    k = jnp.einsum("bsd,dhk->bshk", h, w["k_proj"]) + w["k_bias"]
-    v = jnp.einsum("bsd,dhk->bshk", h, w["v_proj"]) + w["v_bias"]
+    q = _proj(h, w["q_proj"], "nd,dhk->nhk") + w["q_bias"]
+    k = _proj(h, w["k_proj"], "nd,dhk->nhk") + w["k_bias"]
+    v = _proj(h, w["v_proj"], "nd,dhk->nhk") + w["v_bias"]
     q = constrain(apply_rope(q, cos, sin), ("batch", "seq", "act_heads", None))
     k = apply_rope(k, cos, sin)
     if kv is None:
@@ -150,13 +160,13 @@ def decoder_layer(cfg: ModelConfig, w: dict[str, jax.Array], x: jax.Array, cos: 
         v_buf, v_layer = _cache_write(kv[1], v, index, layer)
         new_kv = (k_buf, v_buf)
         out = cache_attention(q, k_layer.astype(dt), v_layer.astype(dt), mask)
-    x = x + jnp.einsum("bshk,hkd->bsd", out, w["o_proj"])
+    x = x + _proj(out, w["o_proj"], "nhk,hkd->nd")
     x = constrain(x, ("batch", "seq", "act_embed"))
     h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
-    gate = jnp.einsum("bsd,df->bsf", h, w["gate_proj"])
-    up = jnp.einsum("bsd,df->bsf", h, w["up_proj"])
+    gate = _proj(h, w["gate_proj"], "nd,df->nf")
+    up = _proj(h, w["up_proj"], "nd,df->nf")
     act = constrain(jax.nn.silu(gate) * up, ("batch", "seq", "act_mlp"))
-    x = x + jnp.einsum("bsf,fd->bsd", act, w["down_proj"])
+    x = x + _proj(act, w["down_proj"], "nf,fd->nd")
     return constrain(x, ("batch", "seq", "act_embed")), new_kv
 
 

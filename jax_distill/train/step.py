@@ -49,29 +49,32 @@ def chunked_cross_entropy(h: jax.Array, head: jax.Array, targets: jax.Array, mas
     """Sum of masked token cross-entropies and the token count, never holding all [B, S, V] logits.
 
     h [B, S, D] compute dtype; head [D, V]; targets int32 [B, S]; mask float32 [B, S]. Logits and the log-softmax are
-    float32. The sequence is processed in chunks under `jax.checkpoint`, so the backward pass recomputes each chunk's
-    logits instead of storing them (a 16k x 152k fp32 logit tensor would be ~10 GB per sequence).
+    float32. A sequence longer than ``chunk`` is processed in chunks under `jax.checkpoint`, so the backward pass
+    recomputes each chunk's logits instead of storing them (a 16k x 152k fp32 logit tensor would be ~10 GB per
+    sequence).
     """
     b, s, d = h.shape
     c = min(chunk, s)
     while s % c:
         c -= 1
 
-    @jax.checkpoint
-    def one(args):
-        hc, tc, mc = args
+    def one(hc, tc, mc):
         hc = constrain(hc, ("batch", None, "act_embed"))
-        logits = constrain(jnp.einsum("bsd,dv->bsv", hc, head, preferred_element_type=jnp.float32),
-                           ("batch", None, "act_vocab"))
+        bc, sc = tc.shape
+        # Tokens flattened to one axis: the head's weight gradient is then a single plain matmul (see qwen2._proj).
+        logits = jnp.einsum("nd,dv->nv", hc.reshape(bc * sc, d), head, preferred_element_type=jnp.float32)
+        logits = constrain(logits.reshape(bc, sc, -1), ("batch", None, "act_vocab"))
         lse = jax.nn.logsumexp(logits, axis=-1)
         tgt = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
         return jnp.sum((lse - tgt) * mc)
 
     n = s // c
+    if n == 1:  # one chunk: its logits are needed by the backward pass right away, recomputing them buys nothing
+        return one(h, targets, mask), jnp.sum(mask)
     hs = h.reshape(b, n, c, d).swapaxes(0, 1)
     ts = targets.reshape(b, n, c).swapaxes(0, 1)
     ms = mask.reshape(b, n, c).swapaxes(0, 1)
-    losses = jax.lax.map(one, (hs, ts, ms))
+    losses = jax.lax.map(jax.checkpoint(lambda a: one(*a)), (hs, ts, ms))
     return jnp.sum(losses), jnp.sum(mask)
 
 
