@@ -109,8 +109,9 @@ def generate(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]],
     and the stop token excluded. ``stop_ids`` default: Qwen's <|endoftext|> and <|im_end|>.
     ``mesh``: shard the batch and the KV cache (heads on the tensor axis) for large models.
     ``unroll_layers``: decode with the layers unrolled and one cache buffer per layer, each updated in place (the
-    fastest step); False keeps the layer scan with the stacked cache in its carry, compiling one layer body, for
-    very deep models where compile time matters more.
+    fastest step; it holds a per-layer copy of the decoder weights while sampling); False keeps the layer scan with
+    the stacked cache in its carry, compiling one layer body, for very deep models where compile time or weight
+    memory matters more.
     """
     if not prompt_token_ids:
         return []
