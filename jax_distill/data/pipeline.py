@@ -2,7 +2,8 @@
 
 Records are read, validated and tokenized once up front on each host (so every skipped record is counted exactly,
 whatever the worker layout), then a grain pipeline shuffles by (seed, epoch), packs documents into rows of
-``seq_len`` (our windowed best-fit-decreasing packer by default, or grain's first-fit / best-fit), batches, and optionally prefetches in worker processes.
+``seq_len`` (our windowed best-fit-decreasing packer by default, or grain's first-fit / best-fit), batches, and
+optionally prefetches in worker processes.
 Its iterator state (`get_state` / `set_state`) is a small JSON-able dict, stored in every training checkpoint, and a
 restored iterator yields exactly the batches the uninterrupted one would have.
 """
@@ -89,10 +90,6 @@ def _finish_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "positions": row["input_ids_positions"].astype(np.int32)}
 
 
-def _as_model_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v.astype(np.float32 if k == "loss_mask" else np.int32) for k, v in row.items()}
-
-
 def _pad_row(doc: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
     n = len(doc["input_ids"])
     out = {k: np.pad(v, (0, seq_len - n)) for k, v in doc.items()}
@@ -117,7 +114,6 @@ def build_dataset(docs: list[dict[str, np.ndarray]], cfg: DataConfig, *, batch_s
     elif cfg.packing == "best_fit_decreasing":
         it = BestFitDecreasingPackIterDataset(it, seq_len=cfg.seq_len, features=FEATURES, window=cfg.packing_window,
                                               seed=seed, shuffle_rows=shuffle)
-        it = it.map(_as_model_row)
     else:
         packer = grain.experimental.FirstFitPackIterDataset if cfg.packing == "first_fit" \
             else grain.experimental.BestFitPackIterDataset

@@ -49,15 +49,9 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
     """Reference grouped-query attention; softmax in float32.
 
     q [B, Sq, H, D]; k, v [B, Sk, K, D] with H % K == 0; mask bool [B, 1, Sq, Sk]. Returns [B, Sq, H, D] in q.dtype.
+    The same computation as :func:`cache_attention`, keys and values brought to its heads-major layout.
     """
-    b, sq, h, d = q.shape
-    kh = k.shape[2]
-    qg = q.reshape(b, sq, kh, h // kh, d)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) * (d**-0.5)
-    scores = jnp.where(mask[:, :, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(b, sq, h, d).astype(q.dtype)
+    return cache_attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask)
 
 
 def cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -65,7 +59,7 @@ def cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -
 
     q [B, Sq, H, D]; k, v [B, K, T, D] (the cache layout: each head's keys contiguous, so the score and value
     contractions read the cache as it lies instead of transposing all of it every step); mask bool [B, 1, Sq, T].
-    Returns [B, Sq, H, D] in q.dtype. Same maths as :func:`xla_attention`."""
+    Returns [B, Sq, H, D] in q.dtype."""
     b, sq, h, d = q.shape
     kh = k.shape[1]
     # [B, K, G*Sq, D]: each kv head's queries as one matrix, so both contractions are plain batched matmuls

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_distill.model.attention import MaskSpec, attention, cache_attention
+from jax_distill.model.attention import MaskSpec, attention, cache_attention, make_mask
 from jax_distill.model.config import ModelConfig
 from jax_distill.sharding import constrain
 
@@ -96,13 +96,11 @@ class KVCache(NamedTuple):
     index: jax.Array
 
     @classmethod
-    def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None,
-              per_layer: bool | None = None) -> KVCache:
-        """An empty cache; ``per_layer`` (default: ``not cfg.scan_layers``) picks the tuple-of-layers form."""
+    def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+        """An empty cache: stacked when ``cfg.scan_layers``, else one buffer per layer."""
         dtype = dtype or jnp.dtype(cfg.dtype)
-        per_layer = (not cfg.scan_layers) if per_layer is None else per_layer
         shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
-        if per_layer:
+        if not cfg.scan_layers:
             k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
             v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
         else:
@@ -271,9 +269,7 @@ class Qwen2ForCausalLM(nnx.Module):
         else:
             kv_seg = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache.index))
             q_slots = cache.index + jnp.arange(s, dtype=jnp.int32)
-            mask = MaskSpec(segment_ids, kv_seg, q_slots, jnp.arange(kv_seg.shape[1], dtype=jnp.int32))
-
-            mask = mask.dense()
+            mask = make_mask(segment_ids, kv_seg, q_slots, jnp.arange(kv_seg.shape[1], dtype=jnp.int32))
             if isinstance(cache.k, tuple):  # per-layer buffers, layers unrolled
                 ks, vs = [], []
                 per_layer = layer_weights if layer_weights is not None else self.layer_weights()
@@ -282,20 +278,14 @@ class Qwen2ForCausalLM(nnx.Module):
                     ks.append(k)
                     vs.append(v)
                 ks, vs = tuple(ks), tuple(vs)
-            else:  # the stacked cache rides in the scan carry, so each layer updates it in place
+            else:  # the stacked cache rides in the layer scan's carry, so each layer updates it in place
 
                 def body(carry, w):
                     y, i, k, v = carry
                     y, (k, v) = decoder_layer(cfg, w, y, cos, sin, mask, (k, v), cache.index, layer=i)
                     return (y, i + 1, k, v), None
 
-                carry = (x, jnp.int32(0), cache.k, cache.v)
-                if cfg.scan_layers:
-                    carry, _ = jax.lax.scan(body, carry, weights)
-                else:
-                    for i in range(cfg.num_hidden_layers):
-                        carry, _ = body(carry, jax.tree.map(lambda p: p[i], weights))
-                x, _, ks, vs = carry
+                (x, _, ks, vs), _ = jax.lax.scan(body, (x, jnp.int32(0), cache.k, cache.v), weights)
             new_cache = KVCache(ks, vs, kv_seg, cache.index + s)
         x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
         return x, new_cache
