@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from jax_distill.answers import BOX_OPEN
 from jax_distill.data.config import DataConfig
 from jax_distill.data.sources import read_bytes
 
-BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
 class BadRecordError(ValueError):
@@ -95,7 +94,7 @@ def to_trace(rec: Any, cfg: DataConfig, where: str, report: ReadReport, line: in
     if not response.strip():
         report.skip("empty_response", where, cfg.strict, "field 'response' is empty")
         return None
-    if cfg.require_boxed and not BOXED.search(response):
+    if cfg.require_boxed and not BOX_OPEN.search(response):
         report.skip("no_boxed_answer", where, cfg.strict, "response has no \\boxed{} answer")
         return None
     return Trace(messages, None if answer is None else str(answer), source, line,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
 
 from jax_distill.data.records import ReadReport
-from jax_distill.eval.grading import extract_boxed, is_correct
+from jax_distill.answers import BOX_OPEN, extract_boxed, is_correct
 
 log = logging.getLogger("jax_distill.reformat")
 
@@ -65,7 +65,7 @@ class Rewriter(Protocol):
 def _unbox(text: str) -> str:
     """``\\boxed{x}`` → ``x`` everywhere (brace-balanced), so the only box left is the final answer's."""
     out, i = [], 0
-    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+    for m in BOX_OPEN.finditer(text):
         if m.start() < i:
             continue
         depth, j = 1, m.end()

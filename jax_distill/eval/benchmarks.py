@@ -31,7 +31,7 @@ class Problem:
 def _kind_for(name: str, answers: list[str]) -> Kind:
     if name in KNOWN:
         return KNOWN[name][2]  # type: ignore[return-value]
-    from jax_distill.eval.grading import parse_integer
+    from jax_distill.answers import parse_integer
 
     return "integer" if all(parse_integer(a) is not None for a in answers) else "math"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from jax_distill.eval.benchmarks import Problem
-from jax_distill.eval.grading import grade, normalize_for_vote
+from jax_distill.answers import grade, normalize_for_vote
 from jax_distill.eval.metrics import DEFAULT_BUDGETS, summarize
 
 # Qwen2.5-Math's chain-of-thought instruction.

@@ -15,7 +15,7 @@ from jax_distill.data.pipeline import load_documents
 from jax_distill.data.reformat import (EndpointRewriter, RewriteCache, RuleRewriter, asks_for_proof, needs_figure,
                                        reformat, write_traces)
 from jax_distill.data.tokenize import load_tokenizer
-from jax_distill.eval.grading import extract_boxed, is_correct
+from jax_distill.answers import extract_boxed, is_correct
 from tests.data.gcs_emulator import free_port
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from jax_distill.cli import COMMANDS, build_parser, main
 from jax_distill.demo.synthetic import make_split
-from jax_distill.eval.grading import extract_boxed
+from jax_distill.answers import extract_boxed
 
 
 def test_teacher_data_is_deterministic_disjoint_and_boxed():

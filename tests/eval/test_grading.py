@@ -6,7 +6,7 @@ import pytest
 
 from jax_distill.cli import main
 from jax_distill.eval.benchmarks import load_benchmark
-from jax_distill.eval.grading import extract_boxed, grade, is_correct, parse_integer
+from jax_distill.answers import extract_boxed, grade, is_correct, parse_integer
 from jax_distill.eval.metrics import majority_correct, pass_at_k, summarize
 
 

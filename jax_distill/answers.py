@@ -1,4 +1,5 @@
-"""Answer extraction and grading. Model text is data: it is scanned and parsed, never evaluated.
+"""Answer extraction and equivalence, the one home of these rules: the data pipeline (stage-1 rewrites, trace
+filters) and the evaluation both use them. Model text is data: it is scanned and parsed, never evaluated.
 
 - The answer is the content of the last complete ``\\boxed{...}`` (or ``\\fbox{...}``), braces matched.
 - Integer benchmarks (AIME, AMC): the answer is normalised by string rules and compared as an integer ("073" == 73).
@@ -13,7 +14,7 @@ from typing import Literal
 
 MAX_COMPLETION_CHARS = 1_000_000  # longer completions are graded on their tail (where the final answer is)
 MAX_ANSWER_CHARS = 1_000
-_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")  # the opening of a box, up to its "{"
 
 
 def extract_boxed(text: str | None) -> str | None:
@@ -23,7 +24,7 @@ def extract_boxed(text: str | None) -> str | None:
     if not isinstance(text, str) or not text:
         return None
     text = text[-MAX_COMPLETION_CHARS:]
-    box_open = {m.end() - 1 for m in _BOX.finditer(text)}  # index of each box's "{"
+    box_open = {m.end() - 1 for m in BOX_OPEN.finditer(text)}  # index of each box's "{"
     stack: list[int] = []
     last: tuple[int, int] | None = None
     i, n = 0, len(text)
