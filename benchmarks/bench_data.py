@@ -29,7 +29,7 @@ from jax_distill.data.config import DataConfig
 from jax_distill.data.pipeline import build_dataset, count_packed, load_documents
 from jax_distill.data.tokenize import load_tokenizer
 from jax_distill.model.config import ModelConfig
-from jax_distill.plan.flops import train_flops_per_token
+from jax_distill.model.flops import train_flops_per_token
 from jax_distill.plan.topology import parse_topology
 
 SHARED = Path(os.environ.get("JAX_DISTILL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

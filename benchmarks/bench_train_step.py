@@ -16,7 +16,7 @@ from _record import record
 from common import best_of, bench_small_pair, threads_note, torch_matmul_peak, xla_matmul_peak
 
 from jax_distill.model.qwen2 import with_config
-from jax_distill.plan.flops import train_flops_per_token
+from jax_distill.model.flops import train_flops_per_token
 from jax_distill.sharding import MeshConfig, make_mesh
 from jax_distill.train.config import OptimConfig
 from jax_distill.train.optim import make_optimizer

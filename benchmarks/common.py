@@ -10,10 +10,10 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# bench-small, as a transformers Qwen2Config (fp32, tied embeddings).
-BENCH_SMALL = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                   num_key_value_heads=2, vocab_size=8192, max_position_embeddings=4096, tie_word_embeddings=True,
-                   rope_theta=1e6, rms_norm_eps=1e-6)
+from jax_distill.model.presets import PRESETS  # noqa: E402 - after the path insert
+
+# bench-small (fp32, tied embeddings), in transformers' Qwen2Config names.
+BENCH_SMALL = PRESETS["bench-small"]
 
 
 def hf_bench_small(tmp: Path, seed: int = 0):

@@ -14,7 +14,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "demo": "jax_distill.demo.cli",
     "data": "jax_distill.data.cli",
-    "convert": "jax_distill.model.convert_cli",
+    "convert": "jax_distill.train.convert_cli",
     "train": "jax_distill.train.cli",
     "eval": "jax_distill.eval.eval_cli",
     "grade": "jax_distill.eval.grade_cli",
@@ -33,12 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name and err.name.startswith("jax_distill"):
-                continue  # command not built yet in this checkout
-            raise
+        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import platform
 import socket
@@ -17,27 +16,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from jax_distill.config import to_dict
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "transformers", "tokenizers", "numpy",
             "tiktoken", "math-verify", "gcsfs", "torch", "libtpu")
 
 
-def sha256_file(path: str) -> str:
-    """Streaming sha256 of a local path or fsspec URL."""
-    import fsspec
-
-    h = hashlib.sha256()
-    with fsspec.open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def code_version() -> dict[str, Any]:
     """Git commit (and whether the tree had uncommitted changes) of this checkout, else the package version."""
-    from jax_distill import __version__
-
     root = Path(__file__).resolve().parents[1]
-    out: dict[str, Any] = {"package_version": __version__}
+    out: dict[str, Any] = {"package_version": metadata.version("jax-distill")}
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
@@ -68,11 +56,7 @@ def _devices() -> dict[str, Any]:
 
 
 def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        from jax_distill.config import to_dict
-
-        return to_dict(obj)
-    return obj
+    return to_dict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj
 
 
 def write_manifest(out_dir: str | Path, *, kind: str, config: Any = None, data_files: list[dict] | None = None,

@@ -2,50 +2,94 @@
 
 Mesh axes: ``data`` (pure data parallel: replicas), ``fsdp`` (data parallel with parameters and optimizer state
 sharded, ZeRO-3 style), ``tensor`` (Megatron-style: heads, MLP hidden and vocabulary split).
-Every parameter carries logical axis names (see model/qwen2.py); ``logical_to_spec`` turns them into a
-``PartitionSpec`` through ``LOGICAL_RULES``, the only place that decides where things live.
+
+Every parameter carries logical axis names as flax's ``out_sharding`` metadata (see model/qwen2.py). The rules that
+turn them into mesh axes are :data:`DEFAULT_RULES`, overridable per run (``mesh.rules`` in a run config), and applied
+through the libraries' own machinery: ``nnx.logical_axis_rules`` + ``nnx.get_partition_spec`` for parameters, and
+``jax.sharding.use_abstract_mesh`` while a step is traced, so that :func:`constrain` pins activations to the mesh.
+A dimension that does not divide by its mesh axes is replicated along them, with a :class:`ShardingFallbackWarning`
+naming the array (never silently).
 """
 
 from __future__ import annotations
 
-import contextvars
+import functools
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
+from flax.core.spmd import get_logical_axis_rules
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
-LOGICAL_RULES: dict[str, Any] = {
-    "batch": ("data", "fsdp"),  # activations: the batch is split over every data-parallel axis
-    "seq": None,
-    "embed": "fsdp",  # parameters: the model dimension is where FSDP shards
-    "vocab": "tensor",
-    "heads": "tensor",
-    "kv_heads": "tensor",
-    "head_dim": None,
-    "mlp": "tensor",
-    "layers": None,  # the scan axis: never sharded
-    "norm": None,
-    "act_embed": None,  # activations' model dimension stays whole
-    "act_heads": "tensor",
-    "act_mlp": "tensor",
-    "act_vocab": "tensor",
-    "cache_seq": None,
-}
+MeshTarget = str | tuple[str, ...] | None
+Rules = tuple[tuple[str, MeshTarget], ...]  # flax's form: (logical name, mesh axis / axes / None) pairs
+
+# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated). The only default placement table.
+DEFAULT_RULES: Rules = (
+    ("batch", ("data", "fsdp")),  # activations: the batch is split over every data-parallel axis
+    ("seq", None),
+    ("embed", "fsdp"),  # parameters: the model dimension is where FSDP shards
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),  # the scan axis: never sharded
+    ("norm", None),
+    ("act_embed", None),  # activations' model dimension stays whole
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("cache_seq", None),
+)
+LOGICAL_AXES = tuple(name for name, _ in DEFAULT_RULES)
+
+
+class ShardingFallbackWarning(UserWarning):
+    """An array dimension could not be split over the mesh axes its rule names, so it is replicated along them."""
+
+
+def _as_target(value: Any, where: str) -> MeshTarget:
+    if value is None:
+        return None
+    names = (value,) if isinstance(value, str) else tuple(value)
+    for n in names:
+        if n not in MESH_AXES:
+            raise ValueError(f"{where}: {n!r} is not a mesh axis {list(MESH_AXES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: mesh axis repeated in {list(names)}")
+    return names[0] if len(names) == 1 else (names or None)
 
 
 @dataclass
 class MeshConfig:
-    """Sizes of the (data, fsdp, tensor) mesh axes; one of them may be -1 = all remaining devices."""
+    """Sizes of the (data, fsdp, tensor) mesh axes (one of them may be -1 = all remaining devices) and the run's
+    overrides of the logical-axis rules, e.g. ``rules: {embed: null, mlp: [fsdp, tensor]}``."""
 
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
+    rules: dict[str, str | list[str] | None] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        for name, size in zip(MESH_AXES, (self.data, self.fsdp, self.tensor)):
+            if size != -1 and size < 1:
+                raise ValueError(f"mesh.{name} = {size}: a size must be >= 1, or -1 for all remaining devices")
+        self.axis_rules()
+
+    def axis_rules(self) -> Rules:
+        """:data:`DEFAULT_RULES` with this run's overrides applied, checked."""
+        unknown = sorted(set(self.rules) - set(LOGICAL_AXES))
+        if unknown:
+            raise ValueError(f"mesh.rules: unknown logical axis {unknown}; known: {list(LOGICAL_AXES)}")
+        return tuple((name, _as_target(self.rules.get(name, target), f"mesh.rules.{name}"))
+                     for name, target in DEFAULT_RULES)
 
     def shape(self, n_devices: int) -> tuple[int, int, int]:
         sizes = [self.data, self.fsdp, self.tensor]
@@ -62,8 +106,9 @@ class MeshConfig:
         return tuple(sizes)  # type: ignore[return-value]
 
 
-def make_mesh(cfg: MeshConfig | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over ``devices`` (default: all). Uses the physical topology when it can."""
+def make_mesh(cfg: MeshConfig | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over ``devices`` (default: all; AOT topology devices work too). Uses the
+    physical topology when it can, so that the innermost axis (tensor) runs over the fastest links."""
     cfg = cfg or MeshConfig()
     devices = list(devices if devices is not None else jax.devices())
     shape = cfg.shape(len(devices))
@@ -76,89 +121,90 @@ def make_mesh(cfg: MeshConfig | None = None, devices: Sequence[jax.Device] | Non
     return Mesh(arr, MESH_AXES)
 
 
-def logical_to_spec(axes: Sequence[str | None] | None, rules: dict[str, Any] | None = None) -> P:
-    """PartitionSpec for a tuple of logical axis names; a mesh axis is used at most once per array."""
-    rules = LOGICAL_RULES if rules is None else rules
-    if axes is None:
-        return P()
-    used: set[str] = set()
+def current_rules() -> Rules:
+    """The rules of the enclosing ``nnx.logical_axis_rules`` context, else :data:`DEFAULT_RULES`."""
+    return tuple(get_logical_axis_rules()) or DEFAULT_RULES
+
+
+def logical_to_spec(axes: Sequence[str | None] | None, rules: Rules | None = None) -> P:
+    """PartitionSpec for a tuple of logical axis names (None = replicated dimension)."""
+    table = dict(current_rules() if rules is None else rules)
     out = []
-    for name in axes:
-        target = rules.get(name) if name is not None else None
-        if name is not None and name not in rules:
-            raise KeyError(f"logical axis {name!r} has no rule in LOGICAL_RULES")
-        targets = (target,) if isinstance(target, str) else tuple(target or ())
-        targets = tuple(t for t in targets if t not in used)
-        used.update(targets)
-        out.append(targets[0] if len(targets) == 1 else (targets or None))
+    for name in axes or ():
+        if name is not None and name not in table:
+            raise KeyError(f"logical axis {name!r} has no sharding rule; known: {sorted(table)}")
+        out.append(None if name is None else table[name])
     return P(*out)
 
 
-def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
-    """Drop mesh axes from ``spec`` where the dimension does not divide by their size (e.g. 2 KV heads on tensor=4)."""
-    out = []
-    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh | jax.sharding.AbstractMesh, what: str = "array") -> P:
+    """``spec`` for an array of ``shape``, keeping a mesh axis on a dimension only if the dimension divides by it.
+
+    A dropped axis (e.g. 2 KV heads on tensor=4) is warned about with ``what`` (the parameter's name); a mesh axis
+    named on two dimensions of one array is an error in the rules."""
+    out, used = [], set()
+    for i, (dim, entry) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)))):
         names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-        keep = []
-        size = 1
+        keep, size = [], 1
         for n in names:
+            if n in used:
+                raise ValueError(f"{what}: mesh axis {n!r} is assigned to two dimensions by the sharding rules ({spec})")
+            used.add(n)
             if dim % (size * mesh.shape[n]) == 0:
                 keep.append(n)
                 size *= mesh.shape[n]
+            else:
+                warnings.warn(f"{what}: dimension {i} (size {dim}) does not divide by mesh axis {n!r} "
+                              f"(size {mesh.shape[n]}); replicated along {n!r}", ShardingFallbackWarning, stacklevel=3)
         out.append(keep[0] if len(keep) == 1 else (tuple(keep) or None))
     return P(*out)
 
 
-def named_sharding(mesh: Mesh, axes: Sequence[str | None] | None, shape: Sequence[int] | None = None) -> NamedSharding:
-    spec = logical_to_spec(axes)
-    if shape is not None:
-        spec = fit_spec(spec, shape, mesh)
-    return NamedSharding(mesh, spec)
+def named_sharding(mesh: Mesh, axes: Sequence[str | None] | None, shape: Sequence[int], what: str = "array",
+                   rules: Rules | None = None) -> NamedSharding:
+    """NamedSharding of an array of ``shape`` with logical ``axes`` on ``mesh`` (rules: see :func:`current_rules`)."""
+    return NamedSharding(mesh, fit_spec(logical_to_spec(axes, rules), shape, mesh, what))
+
+
+def param_shardings(model_or_state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
+    """NamedSharding for every parameter (a pure nested dict, like ``nnx.state(model, nnx.Param).to_pure_dict()``),
+    from the parameters' ``out_sharding`` logical names through flax's ``nnx.get_partition_spec``."""
+    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state, nnx.Param)
+    with nnx.logical_axis_rules(current_rules() if rules is None else rules):
+        specs = nnx.to_pure_dict(nnx.get_partition_spec(state))
+    shapes = nnx.to_pure_dict(state)
+
+    def one(path, spec, leaf):
+        name = ".".join(str(getattr(k, "key", k)) for k in path)
+        return NamedSharding(mesh, fit_spec(spec, leaf.shape, mesh, f"parameter {name}"))
+
+    return jax.tree_util.tree_map_with_path(one, specs, shapes, is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Rules | None = None) -> NamedSharding:
+    """Sharding of a [batch, ...] input: the ``batch`` rule on the first dimension, the rest replicated."""
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules))
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
-    """Activation sharding constraint by logical names; a no-op outside a mesh context."""
-    mesh = _current_mesh()
+    """Sharding constraint on an activation by logical names, under the mesh and rules the step is traced with
+    (:func:`traced_on`); a no-op outside a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty:
         return x
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, fit_spec(logical_to_spec(axes), x.shape, mesh)))
+    spec = fit_spec(logical_to_spec(axes), x.shape, mesh, f"activation {tuple(axes)}")
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def _current_mesh() -> Mesh | None:
-    if _TRACING_MESH.get() is not None:
-        return _TRACING_MESH.get()
-    try:
-        from jax.sharding import get_abstract_mesh
+def traced_on(fn, mesh: Mesh, rules: Rules | None = None):
+    """``fn`` traced with ``mesh`` as the abstract mesh and ``rules`` (default: the current ones, captured now) as the
+    logical-axis rules, so that :func:`constrain` inside it pins activations. jit's in/out shardings alone do not
+    reach inside a step: without constraints the compiler may replicate e.g. the logits."""
+    rules = current_rules() if rules is None else rules
 
-        am = get_abstract_mesh()
-        if am is not None and not am.empty:
-            return am  # type: ignore[return-value]
-    except ImportError:
-        pass
-    from jax._src import mesh as mesh_lib  # legacy `with mesh:` context
-
-    m = mesh_lib.thread_resources.env.physical_mesh
-    return None if m.empty else m
-
-
-# The mesh that `constrain` pins activations to while a step is being traced (set by `with_mesh`). jit's in/out
-# shardings alone do not reach inside a step; without constraints the compiler may replicate e.g. the logits.
-_TRACING_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("jax_distill_mesh", default=None)
-
-
-def with_mesh(fn, mesh: Mesh):
-    """``fn`` whose tracing sees ``mesh`` as the target of :func:`constrain`."""
-
+    @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        token = _TRACING_MESH.set(mesh)
-        try:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nnx.logical_axis_rules(rules):
             return fn(*args, **kwargs)
-        finally:
-            _TRACING_MESH.reset(token)
 
     return wrapped
-
-
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Sharding of a [batch, ...] input: batch split over the data-parallel axes, the rest replicated."""
-    return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))

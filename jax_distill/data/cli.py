@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import typing
+
+from jax_distill.data.config import DataConfig
 
 HELP = "trace data: stats (records, skips, tokens, packing) and reformat (stage-1 rewriting of problem sets)"
+
+
+def _choices(field: str) -> list[str]:
+    return list(typing.get_args(typing.get_type_hints(DataConfig)[field]))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,12 +20,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--data", nargs="+", required=True, help="files, globs, gs:// or fsspec URLs")
     s.add_argument("--tokenizer", required=True, help=".tiktoken file, tokenizer dir or hub name")
     s.add_argument("--seq-len", type=int, required=True)
-    s.add_argument("--batch-size", type=int, default=8, help="rows per batch when packing (default 8)")
-    s.add_argument("--packing", default="best_fit_decreasing",
-                   choices=["best_fit_decreasing", "first_fit", "best_fit", "none"],
-                   help="packer (default best_fit_decreasing, a window of --packing-window documents)")
-    s.add_argument("--packing-window", type=int, default=512, help="documents per packing window (default 512)")
-    s.add_argument("--overlong", default="truncate", choices=["truncate", "drop"])
+    s.add_argument("--batch-size", type=int, default=8,
+                   help="rows per batch when packing (grain's packers keep this many rows open; default 8)")
+    # Defaults and choices come from DataConfig, the one schema a run config's `data:` section also uses.
+    d = DataConfig()
+    s.add_argument("--packing", default=d.packing, choices=_choices("packing"),
+                   help=f"packer (default {d.packing}: a window of --packing-window documents)")
+    s.add_argument("--packing-window", type=int, default=d.packing_window,
+                   help=f"documents per packing window (default {d.packing_window})")
+    s.add_argument("--overlong", default=d.overlong, choices=_choices("overlong"),
+                   help=f"documents longer than --seq-len (default {d.overlong})")
     s.add_argument("--require-boxed", action="store_true", help="skip responses without \\boxed{}")
     s.add_argument("--strict", action="store_true", help="stop at the first bad record, naming file/line/field")
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -103,14 +114,14 @@ def run_reformat(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     import json
 
-    from jax_distill.data.config import DataConfig
+    from jax_distill.config import from_dict
     from jax_distill.data.pipeline import build_dataset, count_packed, load_documents
     from jax_distill.data.records import BadRecordError
     from jax_distill.data.tokenize import load_tokenizer
 
-    cfg = DataConfig(paths=list(args.data), tokenizer=args.tokenizer, seq_len=args.seq_len, packing=args.packing,
-                     packing_window=args.packing_window,
-                     overlong=args.overlong, require_boxed=args.require_boxed, strict=args.strict)
+    cfg = from_dict(DataConfig, dict(paths=list(args.data), tokenizer=args.tokenizer, seq_len=args.seq_len,
+                                     packing=args.packing, packing_window=args.packing_window, overlong=args.overlong,
+                                     require_boxed=args.require_boxed, strict=args.strict), "data stats")
     tok = load_tokenizer(args.tokenizer)
     try:
         docs, report = load_documents(cfg, tok)

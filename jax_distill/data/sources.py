@@ -86,6 +86,16 @@ def read_bytes(url: str) -> bytes:
     return data
 
 
+def sha256_file(url: str) -> str:
+    """Streaming sha256 of a local path, gs:// URI or any fsspec URL (the bytes as stored)."""
+    fs, path = filesystem(url)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def describe_sources(paths: list[str]) -> list[dict[str, Any]]:
     """[{path, sha256, bytes}] for every file the paths expand to (for run manifests)."""
     out = []

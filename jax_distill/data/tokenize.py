@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from jax_distill.data.sources import sha256_file
+
 # Qwen2's pre-tokenisation pattern (digits split one by one).
 QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -16,6 +18,9 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_st
                  "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                  "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
                  "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
+# Their ids in the real Qwen2.5 vocabulary (151,643 BPE ranks, specials after them); a Hugging Face tokenizer's own
+# vocabulary is read instead where one is given.
+QWEN_SPECIAL_IDS = {tok: 151643 + i for i, tok in enumerate(QWEN_SPECIALS)}
 # Qwen2.5's chat template adds this system turn when the conversation has none.
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
@@ -82,14 +87,6 @@ class Tokenizer:
             self.backend.save_pretrained(str(directory))
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _from_tiktoken(path: Path) -> Tokenizer:
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
@@ -107,7 +104,7 @@ def _from_tiktoken(path: Path) -> Tokenizer:
         return enc.decode(list(ids), errors="replace")
 
     return Tokenizer(enc, encode, decode, n + len(QWEN_SPECIALS), specials["<|im_start|>"], specials["<|im_end|>"],
-                     specials["<|endoftext|>"], _sha256_file(path), str(path))
+                     specials["<|endoftext|>"], sha256_file(str(path)), str(path))
 
 
 def _from_hf(spec: str) -> Tokenizer:

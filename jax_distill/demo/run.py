@@ -51,7 +51,8 @@ def run_demo(d: DemoConfig) -> dict[str, Any]:
     from jax_distill.demo.tokenizer import train_demo_tokenizer
     from jax_distill.eval.benchmarks import Problem
     from jax_distill.eval.evaluate import evaluate
-    from jax_distill.manifest import sha256_file, write_manifest
+    from jax_distill.data.sources import sha256_file
+    from jax_distill.manifest import write_manifest
     from jax_distill.model.qwen2 import init_model
     from jax_distill.sample.sampler import generate
     from jax_distill.sharding import MeshConfig

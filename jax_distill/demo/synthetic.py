@@ -42,23 +42,6 @@ def _digits_add(x: int, y: int) -> list[str]:
     return steps
 
 
-def _digits_sub(x: int, y: int) -> list[str]:
-    """Column subtraction with borrows (x >= y)."""
-    steps, borrow = [], 0
-    xs, ys = str(x)[::-1], str(y)[::-1]
-    places = ["ones", "tens", "hundreds"]
-    for i in range(len(xs)):
-        dx = int(xs[i]) - borrow
-        dy = int(ys[i]) if i < len(ys) else 0
-        if dx < dy:
-            steps.append(f"{places[i]}: {dx} < {dy}, borrow: {dx + 10} - {dy} = {dx + 10 - dy}")
-            borrow = 1
-        else:
-            steps.append(f"{places[i]}: {dx} - {dy} = {dx - dy}")
-            borrow = 0
-    return steps
-
-
 def stage1_solution(p: dict[str, Any]) -> str:
     return f"{p['a']} + {p['b']} = {p['answer']}.\nThe answer is \\boxed{{{p['answer']}}}."
 

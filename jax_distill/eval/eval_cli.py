@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from jax_distill.eval.evaluate import DEFAULT_TEMPLATE, evaluate
     from jax_distill.eval.evaluate import results_markdown
     from jax_distill.manifest import write_manifest
-    from jax_distill.model.orbax_io import load_any
+    from jax_distill.train.checkpoint import load_any
     from jax_distill.sample.sampler import generate
 
     problems = load_benchmark(args.benchmark, args.data)[: args.limit]
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                        out_dir=args.out, batch_size=args.batch_size)
     data_files = []
     if args.data:
-        from jax_distill.manifest import sha256_file
+        from jax_distill.data.sources import sha256_file
 
         data_files.append({"path": args.data, "sha256": sha256_file(args.data), "records": len(problems)})
     write_manifest(args.out, kind="eval", config=vars(args) | {"_run": None}, data_files=data_files,

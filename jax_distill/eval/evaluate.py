@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from jax_distill.eval.benchmarks import Problem
 from jax_distill.answers import grade, normalize_for_vote
+from jax_distill.eval.benchmarks import Problem
 from jax_distill.eval.metrics import DEFAULT_BUDGETS, summarize
 
 # Qwen2.5-Math's chain-of-thought instruction.
@@ -78,11 +78,16 @@ def evaluate(problems: Sequence[Problem], *, generate_fn: GenerateFn, tokenizer:
                "sampling": {"temperature": temperature, "top_p": top_p, "top_k": top_k,
                             "max_new_tokens": max_new_tokens, "seed": seed, "prompt_template": prompt_template}}
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "samples.jsonl", "w") as f:
-            for s in samples:
-                f.write(json.dumps({k: v for k, v in s.items() if k != "vote_key"}) + "\n")
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (out / "results.md").write_text(results_markdown(benchmark, results))
+        write_results(out_dir, benchmark, samples, results)
     return results
+
+
+def write_results(out_dir: str | Path, benchmark: str, samples: Sequence[dict], results: dict[str, Any]) -> None:
+    """OUT/samples.jsonl (every graded sample), OUT/results.json and OUT/results.md."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "samples.jsonl", "w") as f:
+        for s in samples:
+            f.write(json.dumps({k: v for k, v in s.items() if k != "vote_key"}) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(benchmark, results))

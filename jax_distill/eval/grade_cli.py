@@ -20,10 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from jax_distill.eval.benchmarks import load_benchmark
-    from jax_distill.eval.evaluate import grade_completions, results_markdown
+    from jax_distill.eval.evaluate import grade_completions, results_markdown, write_results
     from jax_distill.eval.metrics import summarize
 
     problems = load_benchmark(args.benchmark, args.data)
@@ -47,13 +46,7 @@ def run(args: argparse.Namespace) -> int:
     k = max((sum(1 for s in samples if s["problem_index"] == i) for i in range(len(problems))), default=1)
     results = {"benchmark": args.benchmark, **summarize(samples, len(problems), k, [])}
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "samples.jsonl", "w") as f:
-            for s in samples:
-                f.write(json.dumps({k_: v for k_, v in s.items() if k_ != "vote_key"}) + "\n")
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (out / "results.md").write_text(results_markdown(args.benchmark, results))
+        write_results(args.out, args.benchmark, samples, results)
     if args.json:
         print(json.dumps(results))
     else:

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from jax_distill.data.tokenize import QWEN_SPECIAL_IDS
+from jax_distill.model.presets import PRESETS, preset_key
+
 DType = Literal["float32", "bfloat16", "float16"]
 # What to recompute in the backward pass. "none": keep all activations; "full": keep only each layer's input;
 # "dots": keep matmul outputs without batch dims (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
@@ -69,9 +72,7 @@ class ModelConfig:
         cfg = self
         base: dict[str, Any] = {}
         if cfg.preset is not None:
-            from jax_distill.model.presets import get_preset
-
-            base = {k: getattr(get_preset(cfg.preset), k) for k in ARCH_FIELDS}
+            base = dict(PRESETS[_known_preset(cfg.preset)])
         elif cfg.weights is not None and (Path(cfg.weights) / "config.json").is_file():
             base = {k: getattr(from_hf_config(Path(cfg.weights) / "config.json"), k) for k in ARCH_FIELDS}
         filled = {k: (getattr(cfg, k) if getattr(cfg, k) is not None else base.get(k)) for k in ARCH_FIELDS}
@@ -82,9 +83,9 @@ class ModelConfig:
         return cfg
 
     def validate(self) -> None:
-        if not all(getattr(self, k) is not None for k in ARCH_FIELDS):
-            # Partially specified configs are fine until resolve(); only check what is set.
-            pass
+        """Check what is set (a partial config is fine until :meth:`resolve`)."""
+        if self.preset is not None:
+            _known_preset(self.preset)
         h, kv = self.num_attention_heads, self.num_key_value_heads
         if h is not None and kv is not None and h % kv:
             raise ValueError(f"num_attention_heads ({h}) must be a multiple of num_key_value_heads ({kv})")
@@ -130,11 +131,23 @@ class ModelConfig:
             "max_window_layers": c.num_hidden_layers,
             "attention_dropout": 0.0,
             "initializer_range": c.init_std,
-            "bos_token_id": 151643,
-            "eos_token_id": 151643,
+            "bos_token_id": QWEN_SPECIAL_IDS["<|endoftext|>"],
+            "eos_token_id": QWEN_SPECIAL_IDS["<|endoftext|>"],
             "torch_dtype": "float32" if c.param_dtype == "float32" else c.param_dtype,
             "use_cache": True,
         }
+
+
+def _known_preset(name: str) -> str:
+    key = preset_key(name)
+    if key is None:
+        raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+    return key
+
+
+def get_preset(name: str, **execution: Any) -> ModelConfig:
+    """The resolved config of a named preset (see model/presets.py); ``execution`` sets dtype, remat, ..."""
+    return ModelConfig(**PRESETS[_known_preset(name)], **execution)
 
 
 def from_hf_config(source: str | Path | dict[str, Any], **execution: Any) -> ModelConfig:

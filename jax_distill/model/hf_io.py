@@ -20,9 +20,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jax_distill.model.config import ModelConfig, from_hf_config
-from jax_distill.model.qwen2 import Qwen2ForCausalLM, layer_shapes, param_axes
-from jax_distill.sharding import named_sharding
+from jax_distill.model.config import ModelConfig, from_hf_config, get_preset
+from jax_distill.model.presets import preset_key
+from jax_distill.model.qwen2 import Qwen2ForCausalLM, layer_shapes
+from jax_distill.sharding import param_shardings
 
 
 class CheckpointMismatchError(ValueError):
@@ -199,11 +200,8 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *, compute_dtype: 
     """
     p = Path(path)
     if not p.is_dir():
-        from jax_distill.model.presets import PRESETS, get_preset
-
-        if str(path).lower().split("/")[-1] in PRESETS:
-            cfg = dataclasses.replace(get_preset(str(path)), dtype=compute_dtype or dtype, param_dtype=dtype,
-                                      **execution)
+        if preset_key(str(path)) is not None:
+            cfg = get_preset(str(path), dtype=compute_dtype or dtype, param_dtype=dtype, **execution)
             from jax_distill.model.qwen2 import init_model
 
             return init_model(cfg, seed)
@@ -219,21 +217,22 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *, compute_dtype: 
     abstract = _abstract_model(cfg)
     graphdef, state = nnx.split(abstract)
     pure = state.to_pure_dict()
-    axes = param_axes(nnx.state(abstract, nnx.Param)).to_pure_dict()
+    shardings = param_shardings(abstract, mesh) if mesh is not None else None
     pdt = jnp.dtype(dtype)
     sources = _param_sources(cfg, reader)
     layer_shape = layer_shapes(cfg)
 
     def assign(key: tuple[str, ...]):
-        node, ax = pure, axes
+        node, shard = pure, shardings
         for k in key[:-1]:
-            node, ax = node[k], ax[k]
+            node = node[k]
+            shard = shard[k] if shard is not None else None
         leaf = node[key[-1]]
         shape = tuple(leaf.shape)
         if mesh is None:
             node[key[-1]] = jnp.asarray(sources[key](), dtype=pdt)
             return
-        sharding = named_sharding(mesh, ax[key[-1]], shape)
+        sharding = shard[key[-1]]
         if key[0] == "layers":
             cb = _layer_slice_source(cfg, reader, key[1], layer_shape[key[1]])
         else:

@@ -1,4 +1,4 @@
-"""Parameters-only Orbax checkpoints of a model (what `jax-distill convert` writes), and loading any model source.
+"""Parameters-only Orbax checkpoints of a model (what `jax-distill convert` writes).
 
 Layout: ``DIR/config.json`` (Hugging Face style, so the architecture travels with the weights) and ``DIR/params``
 (an Orbax StandardCheckpointer tree of the parameter pytree, restorable onto any mesh).
@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 
 from jax_distill.model.config import from_hf_config
 from jax_distill.model.qwen2 import Qwen2ForCausalLM, init_model
+from jax_distill.sharding import param_shardings
 
 
 def save_orbax(model: Qwen2ForCausalLM, path: str | Path) -> Path:
@@ -38,8 +39,6 @@ def load_orbax(path: str | Path, dtype: str = "float32", *, compute_dtype: str |
     """Restore a model written by :func:`save_orbax`, sharded onto ``mesh`` when given."""
     import orbax.checkpoint as ocp
 
-    from jax_distill.train.step import param_shardings
-
     src = Path(path).absolute()
     cfg = from_hf_config(src / "config.json", dtype=compute_dtype or dtype, param_dtype=dtype, **execution)
     abstract = nnx.eval_shape(lambda: init_model(cfg))
@@ -54,30 +53,3 @@ def load_orbax(path: str | Path, dtype: str = "float32", *, compute_dtype: str |
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(src / "params", target)
     return nnx.merge(graphdef, params)
-
-
-def source_kind(path: str | Path) -> str:
-    """"hf" (config.json + safetensors), "orbax" (save_orbax layout), or "train" (a training checkpoint dir)."""
-    p = Path(path)
-    if (p / "config.json").is_file() and any(p.glob("*.safetensors")):
-        return "hf"
-    if (p / "config.json").is_file() and (p / "params").is_dir():
-        return "orbax"
-    if p.is_dir() and any(c.name.isdigit() for c in p.iterdir()):
-        return "train"
-    raise FileNotFoundError(f"{path}: not a Hugging Face model dir, an Orbax params dir, or a training checkpoint dir")
-
-
-def load_any(path: str | Path, dtype: str = "float32", *, compute_dtype: str | None = None,
-             mesh: Mesh | None = None, **execution: Any) -> Qwen2ForCausalLM:
-    """Load a model from a Hugging Face dir, a `convert` Orbax dir, or a training checkpoint dir (latest step)."""
-    kind = source_kind(path)
-    if kind == "hf":
-        from jax_distill.model.hf_io import load_pretrained
-
-        return load_pretrained(path, dtype, compute_dtype=compute_dtype, mesh=mesh, **execution)
-    if kind == "orbax":
-        return load_orbax(path, dtype, compute_dtype=compute_dtype, mesh=mesh, **execution)
-    from jax_distill.train.checkpoint import load_model_from_checkpoint
-
-    return load_model_from_checkpoint(path, dtype=dtype, compute_dtype=compute_dtype, mesh=mesh, **execution)

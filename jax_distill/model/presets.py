@@ -1,27 +1,20 @@
-"""Named Qwen2.5 sizes (architecture only), as published in each model's Hugging Face config.json."""
+"""Named Qwen2.5 sizes: architecture fields only (Hugging Face ``config.json`` names), as each model publishes them.
+
+Plain data, so that the config schema (model/config.py), the benchmarks and the tests read one table.
+"""
 
 from __future__ import annotations
 
-from jax_distill.model.config import ModelConfig
+from typing import Any
 
 
-def _qwen(hidden, inter, layers, heads, kv, vocab, tied, theta=1e6, eps=1e-6, max_pos=32768) -> ModelConfig:
-    return ModelConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        head_dim=hidden // heads,
-        rope_theta=theta,
-        rms_norm_eps=eps,
-        tie_word_embeddings=tied,
-        max_position_embeddings=max_pos,
-    )
+def _qwen(hidden, inter, layers, heads, kv, vocab, tied, theta=1e6, eps=1e-6, max_pos=32768) -> dict[str, Any]:
+    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv, head_dim=hidden // heads, rope_theta=theta,
+                rms_norm_eps=eps, tie_word_embeddings=tied, max_position_embeddings=max_pos)
 
 
-PRESETS: dict[str, ModelConfig] = {
+PRESETS: dict[str, dict[str, Any]] = {
     # Qwen2.5 base models.
     "qwen2.5-0.5b": _qwen(896, 4864, 24, 14, 2, 151936, True),
     "qwen2.5-1.5b": _qwen(1536, 8960, 28, 12, 2, 151936, True, max_pos=131072),
@@ -34,15 +27,13 @@ PRESETS: dict[str, ModelConfig] = {
     "qwen2.5-math-1.5b": _qwen(1536, 8960, 28, 12, 2, 151936, True, theta=1e4, max_pos=4096),
     "qwen2.5-math-7b": _qwen(3584, 18944, 28, 28, 4, 152064, False, theta=1e4, max_pos=4096),
     "qwen2.5-math-72b": _qwen(8192, 29568, 80, 64, 8, 152064, False, theta=1e4, eps=1e-5, max_pos=4096),
-    # Small shapes for tests, benchmarks and the CPU demo (not published models).
+    # Small shapes for tests, benchmarks (../shared/bench/README.md) and the CPU demo (not published models).
     "bench-small": _qwen(512, 1408, 8, 8, 2, 8192, True, max_pos=4096),
     "tiny": _qwen(64, 176, 2, 4, 2, 512, True, max_pos=2048),
 }
 
 
-def get_preset(name: str) -> ModelConfig:
-    """Architecture of a named preset (case-insensitive; "Qwen/Qwen2.5-7B" style hub names accepted)."""
+def preset_key(name: str) -> str | None:
+    """The PRESETS key for ``name`` (case-insensitive; "Qwen/Qwen2.5-7B-Instruct" style hub names accepted), or None."""
     key = name.lower().split("/")[-1].removesuffix("-instruct")
-    if key not in PRESETS:
-        raise KeyError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
-    return PRESETS[key]
+    return key if key in PRESETS else None

@@ -2,8 +2,8 @@
 
 The module holds parameters only; the math is pure functions (`rms_norm`, `rope`, `decoder_layer`). Decoder layers
 are stored stacked along a leading ``layers`` axis and run under `jax.lax.scan`, so an 80-layer model compiles in about
-the time of one layer. Every parameter carries logical axis names (``axes`` metadata) that `jax_distill.sharding` maps
-onto mesh axes.
+the time of one layer. Every parameter carries logical axis names (flax's ``out_sharding`` metadata) that
+`jax_distill.sharding` maps onto mesh axes.
 """
 
 from __future__ import annotations
@@ -182,6 +182,12 @@ def _dtype(name: str) -> jnp.dtype:
     return jnp.dtype(name)
 
 
+def _param(value: jax.Array, axes: tuple[str, ...]) -> nnx.Param:
+    """A parameter with its logical axes. Placement is decided by whoever builds the model (jit out_shardings from
+    `sharding.param_shardings`, which warns about dimensions that do not divide), not eagerly at creation."""
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
 class DecoderLayers(nnx.Module):
     """All decoder layers' parameters, stacked along a leading ``layers`` axis."""
 
@@ -195,7 +201,7 @@ class DecoderLayers(nnx.Module):
                 value = jnp.zeros(shape, pd)
             else:
                 value = normal(rngs.params(), shape, pd)
-            setattr(self, name, nnx.Param(value, axes=LAYER_AXES[name]))
+            setattr(self, name, _param(value, LAYER_AXES[name]))
 
     def weights(self) -> dict[str, jax.Array]:
         return {name: getattr(self, name)[...] for name in LAYER_AXES}
@@ -209,14 +215,13 @@ class Qwen2ForCausalLM(nnx.Module):
         self.config = cfg
         pd = _dtype(cfg.param_dtype)
         normal = jax.nn.initializers.normal(cfg.init_std)
-        self.embed = nnx.Param(normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), pd), axes=("vocab", "embed"))
+        self.embed = _param(normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), pd), ("vocab", "embed"))
         self.layers = DecoderLayers(cfg, rngs=rngs)
-        self.final_norm = nnx.Param(jnp.ones((cfg.hidden_size,), pd), axes=("norm",))
+        self.final_norm = _param(jnp.ones((cfg.hidden_size,), pd), ("norm",))
         if cfg.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = nnx.Param(normal(rngs.params(), (cfg.hidden_size, cfg.vocab_size), pd),
-                                     axes=("embed", "vocab"))
+            self.lm_head = _param(normal(rngs.params(), (cfg.hidden_size, cfg.vocab_size), pd), ("embed", "vocab"))
 
     # -- pieces the trainer uses separately (chunked loss never materialises all logits) --------------------------
     def head_weight(self) -> jax.Array:
@@ -303,12 +308,6 @@ class Qwen2ForCausalLM(nnx.Module):
 def init_model(cfg: ModelConfig, seed: int = 0) -> Qwen2ForCausalLM:
     """Randomly initialised model (transformers' normal(0, init_std) weights, unit norms, zero biases)."""
     return Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(params=seed))
-
-
-def param_axes(model_or_state: Any) -> Any:
-    """Pytree (like ``nnx.state(model, nnx.Param)``) of logical axis tuples for every parameter."""
-    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state, nnx.Param)
-    return jax.tree.map(lambda v: v.get_metadata()["axes"], state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def with_config(model: Qwen2ForCausalLM, **changes: Any) -> Qwen2ForCausalLM:

@@ -12,13 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from jax.sharding import Mesh
 
 from jax_distill.model.config import ModelConfig
-from jax_distill.plan.flops import train_flops_per_token
+from jax_distill.model.flops import train_flops_per_token
 from jax_distill.plan.topology import Topology, topology_devices
-from jax_distill.sharding import MESH_AXES, MeshConfig
+from jax_distill.sharding import MeshConfig, make_mesh
 
 
 @dataclass
@@ -30,7 +29,7 @@ class PlanResult:
     per_chip_bytes: int | None
     hbm_bytes: int
     tokens_per_step: int
-    flops_per_step: float  # analytic model FLOPs (see plan/flops.py)
+    flops_per_step: float  # analytic model FLOPs (see model/flops.py)
     flops_per_token: float
     step_time_s: float  # at the assumed MFU
     assumed_mfu: float
@@ -42,12 +41,6 @@ class PlanResult:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _mesh(topo: Topology, mesh_cfg: MeshConfig) -> Mesh:
-    devices = topology_devices(topo)
-    shape = mesh_cfg.shape(len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
 def _peak_bytes(compiled) -> int | None:
@@ -71,7 +64,7 @@ def plan_training(model_cfg: ModelConfig, topo: Topology, *, seq_len: int, batch
     """Compile stage training for ``topo`` and report memory, fit, FLOPs and the implied step time."""
     cfg = model_cfg.resolve()
     mesh_cfg = mesh_cfg or MeshConfig(data=1, fsdp=-1, tensor=1)
-    mesh = _mesh(topo, mesh_cfg)
+    mesh = make_mesh(mesh_cfg, topology_devices(topo))
     tokens = batch_size * seq_len
     fpt = train_flops_per_token(cfg, seq_len)
     flops = fpt * tokens

@@ -1,7 +1,7 @@
 """What it costs to reproduce the recipe (stage 1 + stage 2 + AIME evaluation) on each accelerator.
 
 Model: chip-hours = work FLOPs / (chip peak bf16 FLOP/s x efficiency) / 3600; cost = chip-hours x price per
-chip-hour. Training work is analytic model FLOPs (plan/flops.py: 6N + causal attention) over the tokens trained;
+chip-hour. Training work is analytic model FLOPs (model/flops.py: 6N + causal attention) over the tokens trained;
 evaluation work is 2N + attention per generated token (decode is memory-bound, so it gets its own, lower efficiency).
 Efficiency comes from a measured run (its metrics.jsonl MFU, applied to the chip it ran on and, scaled by peak, to
 the others) or from an assumed MFU. Costs are per chip-hour, so they do not depend on slice size as long as
@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from jax_distill.model.config import ModelConfig
-from jax_distill.plan.flops import forward_flops_per_token, train_flops_per_token
+from jax_distill.model.flops import forward_flops_per_token, train_flops_per_token
 from jax_distill.plan.topology import CHIPS
 
 

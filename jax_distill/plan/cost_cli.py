@@ -12,9 +12,7 @@ seq_len). Efficiency: measured (--from-run RUN_DIR: the median MFU in its metric
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="run config YAML")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--from-run", help="a training run dir (metrics.jsonl with MFU, manifest.json) for efficiency")
-    src.add_argument("--from-plan", action="store_true", help="use --mfu for every chip (the plan's assumption)")
+    p.add_argument("--from-run", help="a training run dir (metrics.jsonl with MFU, manifest.json) for efficiency")
     p.add_argument("--prices", default=None, help="prices YAML (default: configs/prices.yaml)")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed training MFU (default 0.4)")
     p.add_argument("--decode-mfu", type=float, default=0.05, help="assumed MFU of decoding (memory-bound; 0.05)")
@@ -43,19 +41,15 @@ def run(args: argparse.Namespace) -> int:
         if s.dataset_tokens:
             tokens = int(s.dataset_tokens * s.epochs)
         else:
-            steps = s.steps if s.steps is not None else cfg.train.steps
-            tokens = steps * (s.batch_size or cfg.train.batch_size) * s.data.seq_len
+            tokens = cfg.stage_steps(s) * cfg.stage_batch_size(s) * s.data.seq_len
         stages.append({"name": s.name, "tokens": tokens, "seq_len": s.data.seq_len})
     work = Workload(cfg.model, stages, args.eval_problems, args.eval_samples, args.eval_output_tokens)
     assumptions = {"train_mfu": args.mfu, "decode_mfu": args.decode_mfu, "source": "assumed"}
-    per_chip = None
     if args.from_run:
         mfu, kind = measured_mfu(args.from_run)
         assumptions.update(train_mfu=mfu, source=f"measured in {args.from_run} on {kind}")
-        per_chip = None
         args.mfu = mfu
-    lines = estimate(work, prices, train_mfu=args.mfu, decode_mfu=args.decode_mfu, chips_for_wall=args.chips,
-                     per_chip_mfu=per_chip)
+    lines = estimate(work, prices, train_mfu=args.mfu, decode_mfu=args.decode_mfu, chips_for_wall=args.chips)
     rep = report(work, lines, prices, assumptions)
     if args.plot:
         plot(rep, args.plot)

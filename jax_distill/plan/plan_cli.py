@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         stage = cfg.stages[args.stage - 1]
         model_cfg, mesh_cfg = cfg.model, cfg.mesh
         seq_len = args.seq_len or stage.data.seq_len
-        batch = args.batch_size or stage.batch_size or cfg.train.batch_size
+        batch = args.batch_size or cfg.stage_batch_size(stage)
         grad_accum = cfg.train.grad_accum
     else:
         seq_len = args.seq_len or 16384
@@ -65,10 +65,13 @@ def run(args: argparse.Namespace) -> int:
         grad_accum = 1
     if args.remat:
         model_cfg = dataclasses.replace(model_cfg, remat=args.remat)
-    result = plan_training(model_cfg, topo, seq_len=seq_len, batch_size=batch, mesh_cfg=mesh_cfg,
-                           grad_accum=grad_accum, assumed_mfu=args.mfu,
-                           decode_batch=8 if args.decode else None, decode_len=32768 if args.decode else None,
-                           compiler_flops=args.compiler_flops)
+    from flax import nnx
+
+    with nnx.logical_axis_rules(mesh_cfg.axis_rules()):  # the run's sharding rules, as training applies them
+        result = plan_training(model_cfg, topo, seq_len=seq_len, batch_size=batch, mesh_cfg=mesh_cfg,
+                               grad_accum=grad_accum, assumed_mfu=args.mfu,
+                               decode_batch=8 if args.decode else None, decode_len=32768 if args.decode else None,
+                               compiler_flops=args.compiler_flops)
     d = result.as_dict()
     d["model"] = model_cfg.preset or args.config
     d["attention"], d["remat"] = model_cfg.attention, model_cfg.remat

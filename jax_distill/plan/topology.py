@@ -1,4 +1,4 @@
-"""Cloud TPU slice names -> ahead-of-time device topologies, and the chips' published specs.
+"""Cloud TPU slice names -> ahead-of-time device topologies (chip specs: jax_distill/hardware.py).
 
 `jax.experimental.topologies.get_topology_desc` (with libtpu installed, no TPU needed) gives abstract devices of a
 slice that `jax.jit(...).lower(...).compile()` accepts, so a CPU-only host can compile the real training step for a
@@ -10,25 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-GiB = 2**30
-
-
-@dataclass(frozen=True)
-class Chip:
-    name: str
-    hbm_bytes: int
-    peak_bf16_flops: float  # dense, per chip
-    source: str
-
-
-# Public spec sheets (cloud.google.com/tpu/docs/v5e, /v5p, /v6e; NVIDIA H100/H200 SXM datasheets, dense bf16).
-CHIPS = {
-    "v5e": Chip("TPU v5e", 16 * GiB, 197e12, "https://cloud.google.com/tpu/docs/v5e"),
-    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, "https://cloud.google.com/tpu/docs/v5p"),
-    "v6e": Chip("TPU v6e (Trillium)", 32 * GiB, 918e12, "https://cloud.google.com/tpu/docs/v6e"),
-    "h100": Chip("NVIDIA H100 SXM 80GB", 80 * 10**9, 989e12, "https://www.nvidia.com/en-us/data-center/h100/"),
-    "h200": Chip("NVIDIA H200 SXM 141GB", 141 * 10**9, 989e12, "https://www.nvidia.com/en-us/data-center/h200/"),
-}
+from jax_distill.hardware import CHIPS, Chip
 
 
 @dataclass(frozen=True)

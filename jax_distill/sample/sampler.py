@@ -16,12 +16,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from jax_distill.data.tokenize import QWEN_SPECIAL_IDS
 from jax_distill.model.config import ModelConfig
 from jax_distill.model.qwen2 import CACHE_AXES, KVCache, Qwen2ForCausalLM, with_config
-from jax_distill.sharding import named_sharding
+from jax_distill.sharding import named_sharding, param_shardings
 
-# Qwen2.5's <|endoftext|> and <|im_end|>.
-DEFAULT_STOP_IDS = (151643, 151645)
+DEFAULT_STOP_IDS = (QWEN_SPECIAL_IDS["<|endoftext|>"], QWEN_SPECIAL_IDS["<|im_end|>"])
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -165,7 +165,6 @@ def abstract_decode_step(model_cfg: ModelConfig, mesh: Mesh, *, batch_size: int,
     The step maps (params, cache, tokens [B, 1], positions [B, 1]) -> (logits [B, 1, V], cache).
     """
     from jax_distill.model.qwen2 import init_model
-    from jax_distill.train.step import param_shardings
 
     cfg = model_cfg.resolve()
     model = nnx.eval_shape(lambda: init_model(cfg))

@@ -98,6 +98,33 @@ class PreemptionGuard:
         return self._flag.is_set()
 
 
+def source_kind(path: str | Path) -> str:
+    """"hf" (config.json + safetensors), "orbax" (save_orbax layout), or "train" (a training checkpoint dir)."""
+    p = Path(path)
+    if (p / "config.json").is_file() and any(p.glob("*.safetensors")):
+        return "hf"
+    if (p / "config.json").is_file() and (p / "params").is_dir():
+        return "orbax"
+    if p.is_dir() and any(c.name.isdigit() for c in p.iterdir()):
+        return "train"
+    raise FileNotFoundError(f"{path}: not a Hugging Face model dir, an Orbax params dir, or a training checkpoint dir")
+
+
+def load_any(path: str | Path, dtype: str = "float32", *, compute_dtype: str | None = None,
+             mesh: Any = None, **execution: Any):
+    """A model from a Hugging Face dir, a `convert` Orbax dir, or a training checkpoint dir (latest step)."""
+    kind = source_kind(path)
+    if kind == "hf":
+        from jax_distill.model.hf_io import load_pretrained
+
+        return load_pretrained(path, dtype, compute_dtype=compute_dtype, mesh=mesh, **execution)
+    if kind == "orbax":
+        from jax_distill.model.orbax_io import load_orbax
+
+        return load_orbax(path, dtype, compute_dtype=compute_dtype, mesh=mesh, **execution)
+    return load_model_from_checkpoint(path, dtype=dtype, compute_dtype=compute_dtype, mesh=mesh, **execution)
+
+
 def load_model_from_checkpoint(path: str | Path, dtype: str = "float32", *, compute_dtype: str | None = None,
                                mesh: Any = None, step: int | None = None, **execution: Any):
     """The model (params only) of a training checkpoint directory, at ``step`` (default: latest)."""
@@ -108,8 +135,8 @@ def load_model_from_checkpoint(path: str | Path, dtype: str = "float32", *, comp
 
     from jax_distill.config import from_dict
     from jax_distill.model.qwen2 import init_model
+    from jax_distill.sharding import MeshConfig, make_mesh, param_shardings
     from jax_distill.train.config import RunConfig
-    from jax_distill.train.step import param_shardings
 
     ck = Checkpointer(path, every=1, keep=1000, async_save=False)
     step = ck.latest_step() if step is None else step
@@ -121,8 +148,6 @@ def load_model_from_checkpoint(path: str | Path, dtype: str = "float32", *, comp
     abstract = nnx.eval_shape(lambda: init_model(mcfg))
     graphdef, state = nnx.split(abstract)
     if mesh is None:
-        from jax_distill.sharding import MeshConfig, make_mesh
-
         mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
     shard = param_shardings(abstract, mesh)
     # Restore only the params subtree: the metadata gives the rest of the saved structure.

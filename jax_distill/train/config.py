@@ -70,3 +70,18 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     stages: list[StageConfig] = field(default_factory=list)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def stage_steps(self, stage: StageConfig) -> int:
+        """Steps of ``stage``: its own ``steps``, else ``train.steps``."""
+        return stage.steps if stage.steps is not None else self.train.steps
+
+    def stage_batch_size(self, stage: StageConfig) -> int:
+        """Global batch (packed rows) of ``stage``: its own ``batch_size``, else ``train.batch_size``."""
+        return stage.batch_size or self.train.batch_size
+
+    def stage_offsets(self) -> list[int]:
+        """Global step at which each stage starts, then the total: stage i covers [offsets[i], offsets[i + 1])."""
+        out = [0]
+        for s in self.stages:
+            out.append(out[-1] + self.stage_steps(s))
+        return out

@@ -3,6 +3,10 @@
 Steps are numbered globally across stages (stage 1 covers steps [0, n1), stage 2 [n1, n1 + n2)), so one Orbax
 checkpoint directory and one `--resume` serve the whole run. A later stage starts from the previous stage's final
 weights, with a fresh optimizer unless ``reset_optimizer`` is false.
+
+Reading order: :func:`train` (the run), :func:`run_stage` (one stage), then the pieces they call in that order:
+:func:`resume_state` (where a stage starts), :func:`train_steps` (the step loop: metrics, checkpoints, preemption)
+and :func:`finish_stage` (held-out loss, export, data report).
 """
 
 from __future__ import annotations
@@ -13,18 +17,25 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jax_distill.config import to_dict
+from jax_distill.data.pipeline import build_eval_iterator, build_iterator
+from jax_distill.data.sources import describe_sources
+from jax_distill.data.tokenize import Tokenizer, load_tokenizer
+from jax_distill.manifest import write_manifest
+from jax_distill.model.flops import train_flops_per_token
+from jax_distill.model.hf_io import load_pretrained, save_pretrained
 from jax_distill.model.qwen2 import Qwen2ForCausalLM, init_model
-from jax_distill.sharding import make_mesh
+from jax_distill.sharding import make_mesh, param_shardings
+from jax_distill.train.checkpoint import Checkpointer, PreemptionGuard
 from jax_distill.train.config import RunConfig, StageConfig
-from jax_distill.train.optim import make_optimizer
+from jax_distill.train.metrics import MetricsWriter, ProgressBar, mfu, peak_flops
+from jax_distill.train.optim import lr_schedule, make_optimizer
 from jax_distill.train.step import BATCH_KEYS, StepFns, build_step_fns, model_params
 
 log = logging.getLogger("jax_distill.train")
@@ -56,46 +67,240 @@ class TrainResult:
     output_dir: Path
 
 
+@dataclass
+class Run:
+    """What every stage of one run shares. ``resume_step`` is the checkpoint to continue from; the stage that
+    contains it consumes it (sets it to None)."""
+
+    cfg: RunConfig
+    out: Path
+    mesh: jax.sharding.Mesh
+    ckpt: Checkpointer
+    guard: PreemptionGuard
+    writer: MetricsWriter
+    progress: bool
+    resume_step: int | None
+    data_files: list[dict[str, Any]] = field(default_factory=list)
+    tokenizers: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass
+class Weights:
+    """The weights (and optimizer state) that one stage hands to the next."""
+
+    params: Any
+    opt_state: Any = None
+
+
+def train(cfg: RunConfig, *, stages: list[int] | None = None, resume: bool = False, progress: bool = True,
+          on_stage_end: Callable[[int, StageResult, Qwen2ForCausalLM], None] | None = None) -> TrainResult:
+    """Run the configured stages (all by default; indices into ``cfg.stages``). See the module docstring.
+
+    ``on_stage_end(stage_index, StageResult, model)`` is called after each stage (the demo evaluates there)."""
+    if not cfg.stages:
+        raise ValueError("the config has no stages: add a `stages:` list (stage 1 format alignment, stage 2 traces)")
+    maybe_initialize_distributed()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(cfg.mesh)
+    ckpt = Checkpointer(cfg.checkpoint.dir or str(out / "checkpoints"), every=cfg.checkpoint.every,
+                        keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    run = Run(cfg, out, mesh, ckpt, PreemptionGuard(), MetricsWriter(out), progress,
+              resume_step=ckpt.latest_step() if resume else None)
+    if resume and run.resume_step is None:
+        log.warning("--resume: no complete checkpoint in %s; starting from scratch", ckpt.directory)
+    selected = range(len(cfg.stages)) if stages is None else stages
+    results: list[StageResult] = []
+    # The run's logical-axis rules govern every sharding decided below (params, optimizer state, batches).
+    with nnx.logical_axis_rules(cfg.mesh.axis_rules()):
+        try:
+            model = initial_model(cfg, mesh)
+            check_context(cfg, model.config)
+            graphdef, _ = nnx.split(model)
+            weights = Weights(model_params(model))
+            for i, stage in enumerate(cfg.stages):
+                if i not in selected:
+                    continue
+                if finished_before_resume(run, i):
+                    results.append(StageResult(stage.name, cfg.stage_steps(stage)))
+                    continue  # its weights come with the later checkpoint
+                result, weights = run_stage(run, i, stage, graphdef, weights)
+                results.append(result)
+                if on_stage_end is not None:
+                    on_stage_end(i, result, nnx.merge(graphdef, weights.params))
+            ckpt.wait()
+        finally:
+            run.writer.close()
+            ckpt.close()
+    write_manifest(out, kind="train", config=cfg, data_files=run.data_files, tokenizer=list(run.tokenizers.values()),
+                   seeds={"seed": cfg.seed}, mesh={"shape": dict(mesh.shape), "devices": jax.device_count()},
+                   extra={"stages": [dataclasses.asdict(r) for r in results]})
+    return TrainResult(results, nnx.merge(graphdef, weights.params), out)
+
+
+def run_stage(run: Run, i: int, stage: StageConfig, graphdef: Any, weights: Weights) -> tuple[StageResult, Weights]:
+    """Train stage ``i`` from ``weights`` (or from the checkpoint being resumed), export it, and return its result
+    and the weights for the next stage."""
+    cfg = run.cfg
+    n_steps = cfg.stage_steps(stage)
+    end = cfg.stage_offsets()[i + 1]
+    batch_size = cfg.stage_batch_size(stage)
+    if batch_size % (cfg.train.grad_accum * jax.process_count()):
+        raise ValueError(f"stage {stage.name}: batch_size {batch_size} must divide by grad_accum x processes")
+    fns = build_step_fns(nnx.merge(graphdef, weights.params), make_optimizer(stage.optim, n_steps), run.mesh,
+                         grad_accum=cfg.train.grad_accum)
+    tok = load_tokenizer(stage.data.tokenizer)
+    run.tokenizers[stage.data.tokenizer] = {"spec": stage.data.tokenizer, "sha256": tok.sha256}
+    iterator = build_iterator(stage.data, tok, batch_size=batch_size // jax.process_count(),
+                              seed=cfg.seed + 1000 * i, process_index=jax.process_index(),
+                              process_count=jax.process_count())
+    state, step = resume_state(run, i, stage, fns, iterator, weights)
+    result = StageResult(stage.name, n_steps)
+    state = train_steps(run, i, stage, fns, state, iterator, tok, step, result)
+    weights = Weights(state["params"], state["opt_state"])
+    finish_stage(run, stage, fns, weights.params, iterator, tok, result, nnx.merge(graphdef, weights.params), end)
+    return result, weights
+
+
+def finished_before_resume(run: Run, i: int) -> bool:
+    """Whether the checkpoint being resumed lies past stage ``i`` (so the stage is not run again). A checkpoint at
+    the very end of a stage that is not the last one belongs to the next stage: it starts from those weights."""
+    if run.resume_step is None:
+        return False
+    end = run.cfg.stage_offsets()[i + 1]
+    last = i == len(run.cfg.stages) - 1
+    return run.resume_step > end or (run.resume_step == end and not last)
+
+
+def resume_state(run: Run, i: int, stage: StageConfig, fns: StepFns, iterator: Any,
+                 weights: Weights) -> tuple[dict[str, Any], int]:
+    """(train state, first global step) of stage ``i``: restored mid-stage from the checkpoint being resumed (data
+    position included), or fresh from ``weights`` (the checkpoint's weights when it closed the previous stage)."""
+    start, end = run.cfg.stage_offsets()[i:i + 2]
+    step = run.resume_step
+    if step is not None and start <= step <= end:
+        run.resume_step = None
+        state, data_state, meta = run.ckpt.restore(step, _abstract_state(fns, weights.params))
+        if meta.get("stage_index") == i:
+            iterator.set_state(data_state)
+            return state, step
+        weights = Weights(state["params"], state["opt_state"])
+    state = fns.init(weights.params)
+    if weights.opt_state is not None and not stage.reset_optimizer:
+        state["opt_state"] = weights.opt_state
+    return state, start
+
+
+def train_steps(run: Run, i: int, stage: StageConfig, fns: StepFns, state: dict[str, Any], iterator: Any,
+                tok: Tokenizer, step: int, result: StageResult) -> dict[str, Any]:
+    """Steps ``step`` .. the stage's end: one jitted step each, metrics every ``log_every``, a checkpoint every
+    ``checkpoint.every`` and at the end, held-out loss every ``eval_every``; on a preemption signal, a checkpoint and
+    :class:`Preempted`. Fills ``result``'s first and last loss; returns the final state."""
+    cfg = run.cfg
+    start, end = cfg.stage_offsets()[i:i + 2]
+    meter = Throughput(cfg, stage)
+    lr = lr_schedule(stage.optim, cfg.stage_steps(stage))
+    bar = ProgressBar(total=end - start, initial=step - start, desc=stage.name, disable=not run.progress)
+    for step in range(step, end):
+        state, metrics = fns.step(state, global_batch(next(iterator), fns))
+        meter.count()
+        done = step + 1
+        if done % cfg.train.log_every == 0 or done == end:
+            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            m.update(meter.read(), learning_rate=float(lr(done - start - 1)), stage=stage.name)
+            run.writer.write(done, m)
+            bar.update(meter.steps_read, loss=m["loss"], tok_s=m["tokens_per_second"])
+            result.loss_first = m["loss"] if result.loss_first is None else result.loss_first
+            result.loss_last = m["loss"]
+        meta = {"stage_index": i, "stage": stage.name, "stage_step": done - start, "config": to_dict(cfg)}
+        if run.guard.should_stop(done):
+            run.ckpt.save(done, state, data_state=iterator.get_state(), meta=meta, force=True)
+            run.ckpt.wait()
+            log.warning("preemption signal: checkpoint at step %d written; exiting", done)
+            raise Preempted(done)
+        run.ckpt.save(done, state, data_state=iterator.get_state(), meta=meta, force=(done == end))
+        if stage.eval_data and cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != end:
+            run.writer.write(done, {"eval_loss": heldout_loss(run, stage, fns, state["params"], tok),
+                                    "stage": stage.name})
+    bar.close()
+    return state
+
+
+def finish_stage(run: Run, stage: StageConfig, fns: StepFns, params: Any, iterator: Any, tok: Tokenizer,
+                 result: StageResult, model: Qwen2ForCausalLM, end: int) -> None:
+    """Held-out loss, the data report, the Hugging Face export (OUT/<stage>/hf) and the manifest's data record."""
+    if stage.eval_data:
+        result.eval_loss = heldout_loss(run, stage, fns, params, tok)
+        run.writer.write(end, {"eval_loss": result.eval_loss, "stage": stage.name})
+    report = iterator.report() if hasattr(iterator, "report") else {}
+    result.data_report = report if isinstance(report, dict) else to_dict(report)
+    export = run.out / stage.name / "hf"
+    save_pretrained(model, export)
+    result.export_dir = str(export)
+    # Every file with its hash and this host's record / kept / skipped counts.
+    per_file = result.data_report.get("read", result.data_report).get("per_file", {})
+    run.data_files += [dict(d, stage=stage.name, **per_file.get(d["path"], {}))
+                       for d in describe_sources(stage.data.paths)]
+
+
+class Throughput:
+    """Step time, tokens/s and MFU over the steps since the last read."""
+
+    def __init__(self, cfg: RunConfig, stage: StageConfig):
+        self.tokens_per_step = cfg.stage_batch_size(stage) * stage.data.seq_len
+        self.flops_per_token = float(train_flops_per_token(cfg.model.resolve(), stage.data.seq_len))
+        self.peak = cfg.train.mfu_peak_flops or peak_flops(jax.devices()[0].device_kind)
+        self.t0, self.steps, self.steps_read = time.perf_counter(), 0, 0
+
+    def count(self) -> None:
+        self.steps += 1
+
+    def read(self) -> dict[str, float]:
+        now = time.perf_counter()
+        tok_s = self.tokens_per_step * self.steps / (now - self.t0)
+        out = {"step_time": (now - self.t0) / self.steps, "tokens_per_second": tok_s}
+        if self.peak:
+            out["mfu"] = mfu(self.flops_per_token, tok_s, jax.device_count(), self.peak)
+        self.t0, self.steps_read, self.steps = now, self.steps, 0
+        return out
+
+
+def heldout_loss(run: Run, stage: StageConfig, fns: StepFns, params: Any, tok: Tokenizer) -> float | None:
+    """Mean token cross-entropy over up to ``train.eval_batches`` batches of ``stage.eval_data`` (token-weighted)."""
+    batch = run.cfg.stage_batch_size(stage) // jax.process_count()
+    total, tokens = 0.0, 0.0
+    for i, local in enumerate(build_eval_iterator(stage.eval_data, tok, batch_size=batch)):
+        if i >= run.cfg.train.eval_batches:
+            break
+        out = jax.device_get(fns.eval_loss(params, global_batch(local, fns)))
+        total += float(out["loss_sum"])
+        tokens += float(out["tokens"])
+    return total / tokens if tokens else None
+
+
 def maybe_initialize_distributed() -> None:
     """`jax.distributed.initialize()` when the environment describes a multi-process job (Cloud TPU pods set it up
     from the TPU metadata; GPU/SLURM jobs through JAX_COORDINATOR_ADDRESS or SLURM variables)."""
-    if jax.distributed.is_initialized() if hasattr(jax.distributed, "is_initialized") else False:
+    if jax.distributed.is_initialized():
         return
     if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0 \
             or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         jax.distributed.initialize()
 
 
-def stage_steps(cfg: RunConfig, stage: StageConfig) -> int:
-    return stage.steps if stage.steps is not None else cfg.train.steps
-
-
-def stage_offsets(cfg: RunConfig) -> list[int]:
-    """Global step at which each stage starts."""
-    out, total = [], 0
-    for s in cfg.stages:
-        out.append(total)
-        total += stage_steps(cfg, s)
-    return out + [total]
-
-
 def initial_model(cfg: RunConfig, mesh: jax.sharding.Mesh) -> Qwen2ForCausalLM:
     """Pretrained weights (HF directory, streamed shard by shard onto the mesh) or a sharded random init."""
     mcfg = cfg.model
     if mcfg.weights:
-        from jax_distill.model.hf_io import load_pretrained
-
         execution = {k: getattr(mcfg, k) for k in ("remat", "scan_layers", "attention")}
         context = {k: getattr(mcfg, k) for k in ("rope_theta", "max_position_embeddings")}
         return load_pretrained(mcfg.weights, dtype=mcfg.param_dtype, compute_dtype=mcfg.dtype, mesh=mesh,
                                context=context, **execution)
-    from jax_distill.train.step import param_shardings
-
     resolved = mcfg.resolve()
     abstract = nnx.eval_shape(lambda: init_model(resolved, cfg.seed))
-    shardings = param_shardings(abstract, mesh)
     graphdef, _ = nnx.split(abstract)
-    params = jax.jit(lambda: model_params(init_model(resolved, cfg.seed)), out_shardings=shardings)()
+    params = jax.jit(lambda: model_params(init_model(resolved, cfg.seed)),
+                     out_shardings=param_shardings(abstract, mesh))()
     return nnx.merge(graphdef, params)
 
 
@@ -119,176 +324,3 @@ def global_batch(local: dict[str, np.ndarray], fns: StepFns) -> dict[str, jax.Ar
 def _abstract_state(fns: StepFns, params: Any) -> Any:
     shapes = jax.eval_shape(fns.init, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params))
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, fns.state_shardings)
-
-
-def _flops_per_token(cfg: RunConfig, seq_len: int) -> float | None:
-    try:
-        from jax_distill.plan.flops import train_flops_per_token
-    except ImportError:
-        return None
-    return float(train_flops_per_token(cfg.model.resolve(), seq_len))
-
-
-def _peak_flops(cfg: RunConfig) -> float | None:
-    if cfg.train.mfu_peak_flops:
-        return cfg.train.mfu_peak_flops
-    from jax_distill.train.metrics import peak_flops
-
-    return peak_flops(jax.devices()[0].device_kind, cfg.model.dtype)
-
-
-def evaluate_loss(fns: StepFns, params: Any, iterator: Any, max_batches: int) -> float | None:
-    """Mean token cross-entropy over up to ``max_batches`` held-out batches (token-weighted)."""
-    total, tokens = 0.0, 0.0
-    for i, local in enumerate(iterator):
-        if i >= max_batches:
-            break
-        out = jax.device_get(fns.eval_loss(params, global_batch(local, fns)))
-        total += float(out["loss_sum"])
-        tokens += float(out["tokens"])
-    return total / tokens if tokens else None
-
-
-def train(cfg: RunConfig, *, stages: list[int] | None = None, resume: bool = False, progress: bool = True,
-          on_stage_end: Any = None) -> TrainResult:
-    """Run the configured stages (all by default; indices into ``cfg.stages``). See the module docstring.
-
-    ``on_stage_end(stage_index, StageResult, model)`` is called after each stage (the demo evaluates there)."""
-    from jax_distill.data.pipeline import build_eval_iterator, build_iterator
-    from jax_distill.data.tokenize import load_tokenizer
-    from jax_distill.manifest import write_manifest
-    from jax_distill.model.hf_io import save_pretrained
-    from jax_distill.train.checkpoint import Checkpointer, PreemptionGuard
-    from jax_distill.train.metrics import MetricsWriter, ProgressBar, mfu
-
-    if not cfg.stages:
-        raise ValueError("the config has no stages: add a `stages:` list (stage 1 format alignment, stage 2 traces)")
-    maybe_initialize_distributed()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    mesh = make_mesh(cfg.mesh)
-    selected = list(range(len(cfg.stages))) if stages is None else stages
-    offsets = stage_offsets(cfg)
-    ckpt = Checkpointer(cfg.checkpoint.dir or str(out / "checkpoints"), every=cfg.checkpoint.every,
-                        keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
-    guard = PreemptionGuard()
-    writer = MetricsWriter(out)
-    latest = ckpt.latest_step() if resume else None
-    if resume and latest is None:
-        log.warning("--resume: no complete checkpoint in %s; starting from scratch", ckpt.directory)
-    model = initial_model(cfg, mesh)
-    check_context(cfg, model.config)
-    graphdef, _ = nnx.split(model)
-    params = model_params(model)
-    opt_state = None
-    results: list[StageResult] = []
-    data_files: list[dict[str, Any]] = []
-    tokenizers: dict[str, Any] = {}
-    try:
-        for i, stage in enumerate(cfg.stages):
-            n_steps = stage_steps(cfg, stage)
-            start, end = offsets[i], offsets[i + 1]
-            result = StageResult(stage.name, n_steps)
-            if i not in selected:
-                continue
-            last_stage = i == len(cfg.stages) - 1
-            if latest is not None and (latest > end or (latest == end and not last_stage)):
-                results.append(result)
-                continue  # finished before the interruption; its weights come with the later checkpoint
-            batch_size = stage.batch_size or cfg.train.batch_size
-            if batch_size % (cfg.train.grad_accum * jax.process_count()):
-                raise ValueError(f"stage {stage.name}: batch_size {batch_size} must divide by grad_accum x processes")
-            optimizer = make_optimizer(stage.optim, n_steps)
-            fns = build_step_fns(model, optimizer, mesh, grad_accum=cfg.train.grad_accum)
-            tok = load_tokenizer(stage.data.tokenizer)
-            tokenizers[stage.data.tokenizer] = {"spec": stage.data.tokenizer, "sha256": tok.sha256}
-            iterator = build_iterator(stage.data, tok, batch_size=batch_size // jax.process_count(),
-                                      seed=cfg.seed + 1000 * i, process_index=jax.process_index(),
-                                      process_count=jax.process_count())
-            step = start
-            if latest is not None and start <= latest <= end:
-                state, data_state, meta = ckpt.restore(latest, _abstract_state(fns, params))
-                if meta.get("stage_index") == i:
-                    iterator.set_state(data_state)
-                    step = latest
-                else:  # the checkpoint closed the previous stage: take its weights, start this stage fresh
-                    params, opt_state = state["params"], state["opt_state"]
-                    state = None
-                latest = None
-            else:
-                state = None
-            if state is None:
-                state = fns.init(params)
-                if opt_state is not None and not stage.reset_optimizer:
-                    state["opt_state"] = opt_state
-            seq_len = stage.data.seq_len
-            flops_tok = _flops_per_token(cfg, seq_len)
-            peak = _peak_flops(cfg)
-            bar = ProgressBar(total=end - start, initial=step - start, desc=stage.name, disable=not progress)
-            t_last, tokens_since, steps_since = time.perf_counter(), 0, 0
-            for step in range(step, end):
-                local = next(iterator)
-                state, metrics = fns.step(state, global_batch(local, fns))
-                tokens_since += batch_size * seq_len
-                steps_since += 1
-                done = step + 1
-                if done % cfg.train.log_every == 0 or done == end:
-                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    now = time.perf_counter()
-                    dt = (now - t_last) / steps_since
-                    m.update(step_time=dt, tokens_per_second=tokens_since / (now - t_last),
-                             learning_rate=float(make_lr(stage, n_steps)(done - start - 1)), stage=stage.name)
-                    if flops_tok and peak:
-                        m["mfu"] = mfu(flops_tok, m["tokens_per_second"], jax.device_count(), peak)
-                    writer.write(done, m)
-                    bar.update(steps_since, loss=m["loss"], tok_s=m["tokens_per_second"])
-                    result.loss_first = m["loss"] if result.loss_first is None else result.loss_first
-                    result.loss_last = m["loss"]
-                    t_last, tokens_since, steps_since = now, 0, 0
-                meta = {"stage_index": i, "stage": stage.name, "stage_step": done - start, "config": to_dict(cfg)}
-                if guard.should_stop(done):
-                    ckpt.save(done, state, data_state=iterator.get_state(), meta=meta, force=True)
-                    ckpt.wait()
-                    log.warning("preemption signal: checkpoint at step %d written; exiting", done)
-                    raise Preempted(done)
-                ckpt.save(done, state, data_state=iterator.get_state(), meta=meta, force=(done == end))
-                if stage.eval_data and cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != end:
-                    ev = evaluate_loss(fns, state["params"], build_eval_iterator(stage.eval_data, tok,
-                                       batch_size=batch_size // jax.process_count()), cfg.train.eval_batches)
-                    writer.write(done, {"eval_loss": ev, "stage": stage.name})
-            bar.close()
-            params, opt_state = state["params"], state["opt_state"]
-            if stage.eval_data:
-                result.eval_loss = evaluate_loss(fns, params, build_eval_iterator(
-                    stage.eval_data, tok, batch_size=batch_size // jax.process_count()), cfg.train.eval_batches)
-                writer.write(end, {"eval_loss": result.eval_loss, "stage": stage.name})
-            report = iterator.report() if hasattr(iterator, "report") else {}
-            result.data_report = report if isinstance(report, dict) else to_dict(report)
-            model = nnx.merge(graphdef, params)
-            export = out / stage.name / "hf"
-            save_pretrained(model, export)
-            result.export_dir = str(export)
-            results.append(result)
-            if on_stage_end is not None:
-                on_stage_end(i, result, model)
-            # Every file with its hash and this host's record / kept / skipped counts (the manifest's data record).
-            from jax_distill.data.sources import describe_sources
-
-            read = result.data_report.get("read", result.data_report)
-            per_file = read.get("per_file", {})
-            data_files += [dict(d, stage=stage.name, **per_file.get(d["path"], {}))
-                           for d in describe_sources(stage.data.paths)]
-        ckpt.wait()
-    finally:
-        writer.close()
-        ckpt.close()
-    write_manifest(out, kind="train", config=cfg, data_files=data_files, tokenizer=list(tokenizers.values()),
-                   seeds={"seed": cfg.seed}, mesh={"shape": dict(mesh.shape), "devices": jax.device_count()},
-                   extra={"stages": [dataclasses.asdict(r) for r in results]})
-    return TrainResult(results, nnx.merge(graphdef, params), out)
-
-
-def make_lr(stage: StageConfig, n_steps: int):
-    from jax_distill.train.optim import lr_schedule
-
-    return lr_schedule(stage.optim, n_steps)

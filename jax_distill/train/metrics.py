@@ -9,29 +9,12 @@ from typing import Any
 
 import jax
 
-# Peak dense bf16 FLOP/s per chip from the vendors' spec sheets (TPU: cloud.google.com/tpu/docs; NVIDIA: datasheets,
-# without sparsity). fp32 matmuls on TPU run at the bf16 rate with multi-pass precision; we report MFU against bf16.
-PEAK_BF16_FLOPS = {
-    "tpu v5 lite": 197e12,  # v5e
-    "tpu v5e": 197e12,
-    "tpu v5p": 459e12,
-    "tpu v5": 459e12,
-    "tpu v6 lite": 918e12,  # v6e (Trillium)
-    "tpu v6e": 918e12,
-    "tpu v4": 275e12,
-    "h100": 989e12,  # SXM
-    "h200": 989e12,
-    "a100": 312e12,
-}
+from jax_distill.hardware import chip_for_device_kind
 
-
-def peak_flops(device_kind: str, dtype: str = "bfloat16") -> float | None:
-    """Peak FLOP/s of one device by its ``jax.Device.device_kind`` (None when unknown, e.g. CPUs)."""
-    kind = device_kind.lower()
-    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
-        if key in kind:
-            return PEAK_BF16_FLOPS[key]
-    return None
+def peak_flops(device_kind: str) -> float | None:
+    """Peak dense bf16 FLOP/s of one device by its ``jax.Device.device_kind`` (None when unknown, e.g. CPUs)."""
+    chip = chip_for_device_kind(device_kind)
+    return chip.peak_bf16_flops if chip else None
 
 
 def mfu(flops_per_token: float, tokens_per_second: float, n_devices: int, peak_flops_per_device: float) -> float:

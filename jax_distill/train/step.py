@@ -1,6 +1,6 @@
 """The sharded, jitted SFT step: chunked cross-entropy over response tokens, gradient accumulation, AdamW.
 
-Train state is a plain dict pytree — ``{"params", "opt_state", "step", "rng"}`` — so that Orbax, optax and jit all see
+Train state is a plain dict pytree — ``{"params", "opt_state", "step"}`` — so that Orbax, optax and jit all see
 the same structure. Loss normalisation: the loss of a step is the sum of token cross-entropies over every
 ``loss_mask`` token of the *global* batch (all micro-batches, all hosts) divided by the number of such tokens; so
 k accumulated micro-batches give exactly the gradient of one batch k times larger.
@@ -8,7 +8,6 @@ k accumulated micro-batches give exactly the gradient of one batch k times large
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -18,8 +17,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_distill.model.config import ModelConfig
-from jax_distill.model.qwen2 import Qwen2ForCausalLM, param_axes
-from jax_distill.sharding import batch_sharding, constrain, named_sharding, with_mesh
+from jax_distill.model.qwen2 import Qwen2ForCausalLM
+from jax_distill.sharding import Rules, batch_sharding, constrain, current_rules, param_shardings, traced_on
 
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
 
@@ -35,15 +34,6 @@ class StepFns(NamedTuple):
     graphdef: Any
 
 
-def param_shardings(model: Qwen2ForCausalLM | Any, mesh: Mesh) -> Any:
-    """NamedSharding pytree for the model's parameters (pure-dict structure), from their logical axes."""
-    state = nnx.state(model, nnx.Param)
-    axes = param_axes(state).to_pure_dict()
-    shapes = jax.tree.map(lambda v: v.shape, state.to_pure_dict())
-    return jax.tree.map(lambda ax, shp: named_sharding(mesh, ax, shp), axes, shapes,
-                        is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x))
-
-
 def chunked_cross_entropy(h: jax.Array, head: jax.Array, targets: jax.Array, mask: jax.Array,
                           chunk: int = 2048) -> tuple[jax.Array, jax.Array]:
     """Sum of masked token cross-entropies and the token count, never holding all [B, S, V] logits.
@@ -51,12 +41,17 @@ def chunked_cross_entropy(h: jax.Array, head: jax.Array, targets: jax.Array, mas
     h [B, S, D] compute dtype; head [D, V]; targets int32 [B, S]; mask float32 [B, S]. Logits and the log-softmax are
     float32. A sequence longer than ``chunk`` is processed in chunks under `jax.checkpoint`, so the backward pass
     recomputes each chunk's logits instead of storing them (a 16k x 152k fp32 logit tensor would be ~10 GB per
-    sequence).
+    sequence). A length that is not a multiple of ``chunk`` is padded up to one with masked positions (never a
+    smaller chunk: a prime length would otherwise mean chunks of one token).
     """
     b, s, d = h.shape
     c = min(chunk, s)
-    while s % c:
-        c -= 1
+    if s % c:
+        pad = c - s % c
+        h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+        mask = jnp.pad(mask, ((0, 0), (0, pad)))
+        s += pad
 
     def one(hc, tc, mc):
         hc = constrain(hc, ("batch", None, "act_embed"))
@@ -92,7 +87,7 @@ def make_train_step(graphdef: Any, optimizer: optax.GradientTransformation, grad
 
     def grads_of(params, micro):
         (loss_sum, tokens), grads = jax.value_and_grad(
-            lambda p: _with_aux(loss_terms(graphdef, p, micro, loss_chunk)), has_aux=True)(params)
+            lambda p: loss_terms(graphdef, p, micro, loss_chunk), has_aux=True)(params)
         return loss_sum, tokens, grads
 
     def step(state, batch):
@@ -117,53 +112,50 @@ def make_train_step(graphdef: Any, optimizer: optax.GradientTransformation, grad
             "grad_norm": optax.global_norm(grads),
             "loss_tokens": tokens,
         }
-        new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+        new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
         return new_state, metrics
 
     return step
 
 
-def _with_aux(terms):
-    loss_sum, tokens = terms
-    return loss_sum, tokens
-
-
 def build_step_fns(model: Qwen2ForCausalLM | Any, optimizer: optax.GradientTransformation, mesh: Mesh, *,
-                   grad_accum: int = 1, loss_chunk: int = 2048, donate: bool = True) -> StepFns:
+                   grad_accum: int = 1, loss_chunk: int = 2048, donate: bool = True,
+                   rules: Rules | None = None) -> StepFns:
     """Jit the init/step/eval functions with explicit shardings for ``mesh``.
 
     ``model`` may be abstract (``nnx.eval_shape``): nothing is allocated here, so the same call serves AOT planning.
-    Params are sharded by the logical-axis rules; optimizer moments follow their parameter; the batch is split over
-    the (data, fsdp) axes; metrics are replicated.
+    ``rules``: the logical-axis rules (default: the enclosing ``nnx.logical_axis_rules``, else sharding.DEFAULT_RULES).
+    Params are sharded by them; optimizer moments follow their parameter; the batch by the ``batch`` rule; metrics
+    are replicated.
     """
+    rules = current_rules() if rules is None else rules
     graphdef, _ = nnx.split(model)
-    p_shard = param_shardings(model, mesh)
+    p_shard = param_shardings(model, mesh, rules)
     abstract_params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype),
                                    nnx.state(model, nnx.Param).to_pure_dict())
     replicated = NamedSharding(mesh, P())
 
     def init(params):
-        return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32),
-                "rng": jax.random.key_data(jax.random.key(0))}
+        return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
 
     # Optimizer moments are sharded like their parameter; counters and other scalars are replicated.
     state_shapes = jax.eval_shape(init, abstract_params)
     opt_shard = optax.tree_utils.tree_map_params(
         optimizer, lambda _, s: s, state_shapes["opt_state"], p_shard,
         transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, NamedSharding))
-    state_shardings = {"params": p_shard, "opt_state": opt_shard, "step": replicated, "rng": replicated}
-    b_shard = batch_sharding(mesh)
+    state_shardings = {"params": p_shard, "opt_state": opt_shard, "step": replicated}
+    b_shard = batch_sharding(mesh, rules=rules)
     batch_shardings = {k: b_shard for k in BATCH_KEYS}
     step_fn = make_train_step(graphdef, optimizer, grad_accum, loss_chunk)
     jit_init = jax.jit(init, in_shardings=(p_shard,), out_shardings=state_shardings)
-    jit_step = jax.jit(with_mesh(step_fn, mesh), in_shardings=(state_shardings, batch_shardings),
+    jit_step = jax.jit(traced_on(step_fn, mesh, rules), in_shardings=(state_shardings, batch_shardings),
                        out_shardings=(state_shardings, replicated), donate_argnums=(0,) if donate else ())
 
     def eval_fn(params, batch):
         loss_sum, tokens = loss_terms(graphdef, params, batch, loss_chunk)
         return {"loss_sum": loss_sum, "tokens": tokens}
 
-    jit_eval = jax.jit(with_mesh(eval_fn, mesh), in_shardings=(p_shard, batch_shardings), out_shardings=replicated)
+    jit_eval = jax.jit(traced_on(eval_fn, mesh, rules), in_shardings=(p_shard, batch_shardings), out_shardings=replicated)
     return StepFns(jit_init, jit_step, jit_eval, state_shardings, b_shard, graphdef)
 
 
@@ -190,11 +182,3 @@ def abstract_train_step(model_cfg: ModelConfig, mesh: Mesh, *, batch_size: int, 
 def model_params(model: Qwen2ForCausalLM) -> Any:
     """The model's parameters as a plain nested dict of arrays (the ``params`` entry of the train state)."""
     return nnx.state(model, nnx.Param).to_pure_dict()
-
-
-def model_from_params(graphdef: Any, params: Any) -> Qwen2ForCausalLM:
-    return nnx.merge(graphdef, params)
-
-
-def with_execution(cfg: ModelConfig, **changes: Any) -> ModelConfig:
-    return dataclasses.replace(cfg, **changes)

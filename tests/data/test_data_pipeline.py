@@ -1,7 +1,6 @@
 """The trace pipeline on real files, the real Qwen vocabulary and a real GCS emulator."""
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -12,8 +12,8 @@ import pytest
 from jax_distill.cli import main
 from jax_distill.data.config import DataConfig
 from jax_distill.data.pipeline import load_documents
-from jax_distill.data.reformat import (EndpointRewriter, RewriteCache, RuleRewriter, asks_for_proof, needs_figure,
-                                       reformat, write_traces)
+from jax_distill.data.reformat import (EndpointRewriter, RewriteCache, asks_for_proof, needs_figure,
+                                       reformat)
 from jax_distill.data.tokenize import load_tokenizer
 from jax_distill.answers import extract_boxed, is_correct
 from tests.data.gcs_emulator import free_port

@@ -9,7 +9,7 @@ import pytest
 from jax_distill.cli import main
 from jax_distill.model.config import ModelConfig
 from jax_distill.plan.cost import Workload, estimate, load_prices
-from jax_distill.plan.flops import matmul_params, train_flops_per_token
+from jax_distill.model.flops import matmul_params, train_flops_per_token
 from jax_distill.plan.topology import libtpu_available, parse_topology
 from tests.conftest import REPO_ROOT
 

@@ -1,7 +1,6 @@
 """The sharded SFT step: mesh-independence, gradient accumulation, and a PyTorch + transformers reference run."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -12,7 +11,8 @@ from jax_distill.model.qwen2 import init_model
 from jax_distill.sharding import MeshConfig, make_mesh
 from jax_distill.train.config import OptimConfig
 from jax_distill.train.optim import lr_schedule, make_optimizer
-from jax_distill.train.step import BATCH_KEYS, build_step_fns, loss_terms, model_params, param_shardings
+from jax_distill.sharding import param_shardings
+from jax_distill.train.step import build_step_fns, loss_terms, model_params
 from tests.model.hf_reference import make_hf_model
 
 CFG = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,

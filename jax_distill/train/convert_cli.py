@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from jax_distill.model.hf_io import save_pretrained
-    from jax_distill.model.orbax_io import load_any, save_orbax, source_kind
+    from jax_distill.model.orbax_io import save_orbax
+    from jax_distill.train.checkpoint import load_any, source_kind
 
     kind = source_kind(args.src)
     dtype = args.dtype
