@@ -6,8 +6,10 @@ import argparse
 
 HELP = "grade a predictions file (problem_index, completion) against a benchmark: pass@1, maj@k"
 DESCRIPTION = """Grade completions. Each line of PRED.jsonl is {"problem_index": i, "completion": "..."} (i: 0-based row
-of the benchmark file); several lines for one problem are several samples. The answer is the last \\boxed{}; AIME/AMC
-answers compare as integers, MATH answers by mathematical equivalence (math-verify)."""
+of the benchmark file); several lines for one problem are several samples. Strict grading (the score): the answer is
+the last \\boxed{} (adjacent boxes joined); lenient grading, reported beside it, also takes an answer stated without a
+box ("The final answer is 33"). AIME/AMC answers compare as integers (units, degrees, formatting normalised), MATH
+answers by mathematical equivalence (math-verify). See docs/evaluation.md."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from jax_distill.eval.benchmarks import load_benchmark
-    from jax_distill.eval.evaluate import grade_completions, results_markdown
+    from jax_distill.eval.evaluate import grade_completions, results_markdown, sample_record
     from jax_distill.eval.metrics import summarize
 
     problems = load_benchmark(args.benchmark, args.data)
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "samples.jsonl", "w") as f:
             for s in samples:
-                f.write(json.dumps({k_: v for k_, v in s.items() if k_ != "vote_key"}) + "\n")
+                f.write(json.dumps(sample_record(s)) + "\n")
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "results.md").write_text(results_markdown(args.benchmark, results))
     if args.json:
