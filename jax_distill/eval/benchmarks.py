@@ -31,9 +31,14 @@ class Problem:
 def _kind_for(name: str, answers: list[str]) -> Kind:
     if name in KNOWN:
         return KNOWN[name][2]  # type: ignore[return-value]
+    import re
+
     from jax_distill.answers import parse_integer
 
-    return "integer" if all(parse_integer(a) is not None for a in answers) else "math"
+    # Plain numbers only ("73", "$073$", "1,000", "73.0", "\text{73}"): an answer such as "90^\circ" or "x = 5"
+    # makes the benchmark a MATH-style one, graded by equivalence.
+    plain = re.compile(r"[\s$+-]*(?:\\text\{)?[\d,. ]+\}?[\s$]*")
+    return "integer" if all(plain.fullmatch(a) and parse_integer(a) is not None for a in answers) else "math"
 
 
 def _rows_to_problems(rows: list[dict], name: str, where: str) -> list[Problem]:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from jax_distill.answers import grade, normalize_for_vote
+from jax_distill.answers import extract_answer, grade, is_correct, normalize_for_vote
 from jax_distill.eval.benchmarks import Problem
 from jax_distill.eval.metrics import DEFAULT_BUDGETS, summarize
 
@@ -17,25 +17,46 @@ GenerateFn = Callable[..., list[list[int]]]
 
 
 def grade_completions(problems: Sequence[Problem], completions: Sequence[tuple[int, str, int]]) -> list[dict]:
-    """Per-sample records from (problem_index, completion, output_tokens); never raises on hostile text."""
+    """Per-sample records from (problem_index, completion, output_tokens); never raises on hostile text.
+
+    ``extracted_answer``/``correct`` are the strict grade (boxed answers only: the score); ``answer_lenient``/
+    ``correct_lenient`` also accept an answer stated without a box (see answers.extract_answer)."""
     out = []
     for idx, text, n_tok in completions:
         p = problems[idx]
         ans, ok = grade(text, p.answer, p.kind)
+        ans_l = extract_answer(text, "lenient")
+        ok_l = ok if ans_l == ans else is_correct(ans_l, p.answer, p.kind)
         out.append({"problem_index": idx, "completion": text, "extracted_answer": ans, "correct": ok,
-                    "output_tokens": n_tok, "vote_key": normalize_for_vote(ans)})
+                    "answer_lenient": ans_l, "correct_lenient": ok_l, "output_tokens": n_tok,
+                    "vote_key": normalize_for_vote(ans), "vote_key_lenient": normalize_for_vote(ans_l)})
     return out
 
 
+def sample_record(s: dict) -> dict:
+    """A samples.jsonl line: the per-sample record without the internal vote keys."""
+    return {k: v for k, v in s.items() if not k.startswith("vote_key")}
+
+
 def results_markdown(name: str, r: dict[str, Any]) -> str:
+    """The metrics as markdown tables: strict grading (the score) and, where present, lenient grading beside it."""
     k = r["k"]
-    lines = [f"| benchmark | problems | samples | pass@1 | pass@{k} | maj@{k} | mean output tokens |",
-             "|---|---|---|---|---|---|---|",
-             f"| {name} | {r['n_problems']} | {r['n_samples']} | {r['pass@1']:.3f} | {r[f'pass@{k}']:.3f} | "
-             f"{r[f'maj@{k}']:.3f} | {r['mean_output_tokens']:.0f} |", "",
-             "| output-token budget | " + " | ".join(r["accuracy_under_budget"]) + " |",
-             "|---|" + "---|" * len(r["accuracy_under_budget"]),
-             "| accuracy | " + " | ".join(f"{v:.3f}" for v in r["accuracy_under_budget"].values()) + " |"]
+    lines = [f"| benchmark | grading | problems | samples | pass@1 | pass@{k} | maj@{k} | mean output tokens |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, sfx in (("strict", ""), ("lenient", "_lenient")):
+        if f"pass@1{sfx}" not in r:
+            continue
+        lines.append(f"| {name} | {label} | {r['n_problems']} | {r['n_samples']} | {r[f'pass@1{sfx}']:.3f} | "
+                     f"{r[f'pass@{k}{sfx}']:.3f} | {r[f'maj@{k}{sfx}']:.3f} | {r['mean_output_tokens']:.0f} |")
+    budgets = r["accuracy_under_budget"]
+    lines += ["", "| output-token budget | " + " | ".join(budgets) + " |", "|---|" + "---|" * len(budgets),
+              "| accuracy | " + " | ".join(f"{v:.3f}" for v in budgets.values()) + " |"]
+    if budgets and "accuracy_under_budget_lenient" in r:
+        lines.append("| accuracy (lenient) | " + " | ".join(
+            f"{v:.3f}" for v in r["accuracy_under_budget_lenient"].values()) + " |")
+    if "pass@1_lenient" in r:
+        lines += ["", ("strict (the score): the answer is the last \\boxed{} (adjacent boxes joined); lenient: an "
+                       "answer stated without a box also counts (\"The final answer is 33\").")]
     return "\n".join(lines) + "\n"
 
 
@@ -88,6 +109,6 @@ def write_results(out_dir: str | Path, benchmark: str, samples: Sequence[dict], 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "samples.jsonl", "w") as f:
         for s in samples:
-            f.write(json.dumps({k: v for k, v in s.items() if k != "vote_key"}) + "\n")
+            f.write(json.dumps(sample_record(s)) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(benchmark, results))

@@ -6,8 +6,10 @@ import argparse
 
 HELP = "grade a predictions file (problem_index, completion) against a benchmark: pass@1, maj@k"
 DESCRIPTION = """Grade completions. Each line of PRED.jsonl is {"problem_index": i, "completion": "..."} (i: 0-based row
-of the benchmark file); several lines for one problem are several samples. The answer is the last \\boxed{}; AIME/AMC
-answers compare as integers, MATH answers by mathematical equivalence (math-verify)."""
+of the benchmark file); several lines for one problem are several samples. Strict grading (the score): the answer is
+the last \\boxed{} (adjacent boxes joined); lenient grading, reported beside it, also takes an answer stated without a
+box ("The final answer is 33"). AIME/AMC answers compare as integers (units, degrees, formatting normalised), MATH
+answers by mathematical equivalence (math-verify). See docs/evaluation.md."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

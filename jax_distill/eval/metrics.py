@@ -41,25 +41,33 @@ def accuracy_under_budget(samples: Sequence[dict], budget: int) -> float:
 
 
 def summarize(samples: Sequence[dict], n_problems: int, k: int, budgets: Sequence[int]) -> dict:
-    """results.json metrics from per-sample dicts (``problem_index``, ``correct``, ``vote_key``, ``output_tokens``)."""
+    """results.json metrics from per-sample dicts (``problem_index``, ``correct``, ``vote_key``, ``output_tokens``).
+
+    Where every sample also has ``correct_lenient`` (and ``vote_key_lenient``), the same metrics under lenient answer
+    extraction are added with a ``_lenient`` suffix (``pass@1_lenient``, ``pass@k_lenient``, ``maj@k_lenient``,
+    ``accuracy_under_budget_lenient``); the unsuffixed ones are the strict score."""
     by_problem: dict[int, list[dict]] = {}
     for s in samples:
         by_problem.setdefault(s["problem_index"], []).append(s)
     n_samples = min((len(v) for v in by_problem.values()), default=0)
     k = min(k, n_samples) if n_samples else k
-    pass1 = [sum(s["correct"] for s in v) / len(v) for v in by_problem.values()]
-    passk = [pass_at_k(len(v), sum(s["correct"] for s in v), k) for v in by_problem.values()] if n_samples else []
-    maj = [majority_correct([s["vote_key"] for s in v[:k]], [s["correct"] for s in v[:k]])
-           for v in by_problem.values()]
-    out = {
-        "n_problems": n_problems,
-        "n_samples": n_samples,
-        "pass@1": sum(pass1) / n_problems if n_problems else 0.0,
-        f"pass@{k}": sum(passk) / n_problems if n_problems else 0.0,
-        f"maj@{k}": sum(maj) / n_problems if n_problems else 0.0,
-        "maj@k": sum(maj) / n_problems if n_problems else 0.0,
-        "k": k,
-        "mean_output_tokens": sum(s["output_tokens"] for s in samples) / len(samples) if samples else 0.0,
-        "accuracy_under_budget": {str(b): accuracy_under_budget(samples, b) for b in budgets},
-    }
+
+    def scores(correct: str, vote: str, sfx: str) -> dict:
+        pass1 = [sum(s[correct] for s in v) / len(v) for v in by_problem.values()]
+        passk = [pass_at_k(len(v), sum(s[correct] for s in v), k) for v in by_problem.values()] if n_samples else []
+        maj = [majority_correct([s.get(vote) for s in v[:k]], [s[correct] for s in v[:k]]) for v in by_problem.values()]
+        return {
+            f"pass@1{sfx}": sum(pass1) / n_problems if n_problems else 0.0,
+            f"pass@{k}{sfx}": sum(passk) / n_problems if n_problems else 0.0,
+            f"maj@{k}{sfx}": sum(maj) / n_problems if n_problems else 0.0,
+            f"maj@k{sfx}": sum(maj) / n_problems if n_problems else 0.0,
+        }
+
+    out = {"n_problems": n_problems, "n_samples": n_samples, **scores("correct", "vote_key", ""), "k": k,
+           "mean_output_tokens": sum(s["output_tokens"] for s in samples) / len(samples) if samples else 0.0,
+           "accuracy_under_budget": {str(b): accuracy_under_budget(samples, b) for b in budgets}}
+    if samples and all("correct_lenient" in s for s in samples):
+        out.update(scores("correct_lenient", "vote_key_lenient", "_lenient"))
+        lenient = [{"correct": s["correct_lenient"], "output_tokens": s["output_tokens"]} for s in samples]
+        out["accuracy_under_budget_lenient"] = {str(b): accuracy_under_budget(lenient, b) for b in budgets}
     return out

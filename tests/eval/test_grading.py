@@ -1,13 +1,20 @@
 """Answer extraction, grading, metrics and the `grade` CLI (real benchmark files from ../shared/data/eval)."""
 
 import json
+import time
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from jax_distill.cli import main
 from jax_distill.eval.benchmarks import load_benchmark
-from jax_distill.answers import extract_boxed, grade, is_correct, parse_integer
+from jax_distill.answers import (extract_answer, extract_boxed, extract_boxes, grade, is_correct, normalize_for_vote,
+                                 parse_integer)
 from jax_distill.eval.metrics import majority_correct, pass_at_k, summarize
+
+CORPUS = Path(__file__).with_name("grading_corpus.jsonl")
+CORPUS_ROWS = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("text,want", [
@@ -29,9 +36,61 @@ def test_extract_last_boxed(text, want):
 
 
 @pytest.mark.parametrize("s,want", [("073", 73), ("$73$", 73), ("73.0", 73), ("1,000", 1000), (r"\text{73}", 73),
-                                    ("-5", -5), ("7/2", None), ("x", None), ("", None), ("1e3", None)])
+                                    ("-5", -5), ("7/2", None), ("x", None), ("", None), ("1e3", None),
+                                    (r"23^\circ", 23), ("90°", 90), (r"204 \text{ minutes}", 204),
+                                    (r"\mathbf{116}", 116),
+                                    ("721.", 721), ("n = 321", 321), (r"\,259\,", 259), (r"3\,159", 3159),
+                                    ("\u22125", -5), (r"\text{three}", 3), ("twenty-one", 21), ("3,5", None),
+                                    ("3, 5", None), ("1, 000", None), ("3.5", None), (r"2\sqrt{3}", None),
+                                    ("3 pi", None), (r"5 \text{ or more}", None), ("2n = 10", None),
+                                    ("x = 3, y = 5", None),
+                                    (r"321 \pmod{1000}", 321), (r"\textbf{(C)}\ 116", 116), ("9" * 40, None)])
 def test_parse_integer(s, want):
     assert parse_integer(s) == want
+
+
+@pytest.mark.parametrize("row", CORPUS_ROWS, ids=[f"{r['id']}-{r['case']}" for r in CORPUS_ROWS])
+def test_grading_corpus(row):
+    """Every corpus case: correct forms accepted, wrong forms (near misses, other numbers, extra numbers, decimals of
+    integer golds) rejected, in strict and lenient extraction."""
+    for mode, key in (("strict", "expected"), ("lenient", "expected_lenient")):
+        ans, ok = grade(row["prediction"], row["gold"], row["kind"], timeout=3, mode=mode)
+        assert ok is row[key], (mode, ans, row)
+
+
+def test_grading_corpus_covers_every_kind_with_right_and_wrong_forms():
+    assert len(CORPUS_ROWS) >= 80 and len({r["id"] for r in CORPUS_ROWS}) == len(CORPUS_ROWS)
+    right = Counter(r["case"] for r in CORPUS_ROWS if r["expected_lenient"])
+    wrong = Counter(r["case"] for r in CORPUS_ROWS if not r["expected_lenient"])
+    kinds = {"degrees", "units", "text_wrapper", "format_space", "thousands", "trailing_period", "equation",
+             "unicode_minus", "number_word", "unbraced_box", "multi_box", "no_box", "decimal", "expression", "mod",
+             "percent_currency", "choice_label", "math_equiv"}
+    for kind in kinds:
+        assert right[kind] >= 1 and wrong[kind] >= 1, kind
+    assert wrong["extra_numbers"] >= 5
+    assert any(not r["expected"] and r["expected_lenient"] for r in CORPUS_ROWS)  # lenient-only cases exist
+    assert {r["kind"] for r in CORPUS_ROWS} == {"integer", "math"}
+
+
+def test_extract_answer_modes():
+    assert extract_answer(r"so $\boxed{3}, \boxed{5}$") == "3, 5"
+    assert extract_boxes(r"$\boxed{5}$ and again $\boxed{5}$") == ["5"]
+    assert extract_boxes(r"\boxed{1} was wrong; after checking all cases carefully the count is \boxed{2}") == ["2"]
+    assert extract_answer(r"so the count is \boxed 204.") == "204"
+    assert extract_answer("The final answer is 33.") is None
+    assert extract_answer("The final answer is 33.", "lenient") == "33"
+    assert extract_answer("**Answer:** $\\frac{1}{2}$", "lenient") == "\\frac{1}{2}"
+    assert extract_answer("so 12 + 21 = 33.", "lenient") == "33"
+    assert extract_answer("The final answer is \\boxed{33", "lenient") is None  # truncated box
+    assert extract_answer(r"\boxed{7} then The final answer is 8", "lenient") == "7"  # a box always wins
+    with pytest.raises(ValueError):
+        extract_answer("x", "loose")
+
+
+def test_normalize_for_vote_merges_notations():
+    assert normalize_for_vote(r"23^\circ") == normalize_for_vote("23") == "23"
+    assert normalize_for_vote(r"\dfrac{1}{2}") == normalize_for_vote(r"\frac{1}{2}")
+    assert normalize_for_vote(None) is None
 
 
 def test_hostile_completions_are_wrong_never_crash():
@@ -39,10 +98,15 @@ def test_hostile_completions_are_wrong_never_crash():
                "\\boxed{__import__('os').system('touch /tmp/pwned')}", "\\boxed{\\input{/etc/passwd}}",
                "\\boxed{" + "(" * 3000 + "}", "\x00\\boxed{\x00}", "\ud800\\boxed{3}", "\\boxed{1/0}",
                "\\boxed{\\frac{1}{0}}", "\\boxed{" + "x^" * 500 + "2}", "a" * 2_000_000 + "\\boxed{5}"]
+    hostile += ["answer is " * 100_000, "= " * 500_000, "\\boxed 1, " * 50_000, "$\\boxed{1}$, " * 50_000,
+                "\\text{" * 100_000 + "5", "The final answer is " + "(" * 100_000, "1," * 300_000 + "\\boxed{5"]
     for h in hostile:
         for kind in ("integer", "math"):
-            ans, ok = grade(h, "5" if kind == "integer" else "\\frac{1}{2}", kind, timeout=2)
-            assert ok is False or (kind == "integer" and ans == "5")
+            for mode in ("strict", "lenient"):
+                t0 = time.perf_counter()
+                ans, ok = grade(h, "5" if kind == "integer" else "\\frac{1}{2}", kind, timeout=2, mode=mode)
+                assert ok is False or (kind == "integer" and ans == "5")
+                assert time.perf_counter() - t0 < 10, (str(h)[:40], kind, mode)
     import os
 
     assert not os.path.exists("/tmp/pwned")
@@ -67,6 +131,20 @@ def test_math500_reference_solutions_grade_correct(shared_data):
     print(f"MATH-500 reference solutions graded wrong: {len(misses)}: {misses}")
     assert len(problems) == 500
     assert 1 - len(misses) / 500 >= 0.99, misses
+
+
+def test_math500_solutions_do_not_grade_correct_against_other_problems(shared_data):
+    """No wrong acceptance on real answers: each reference solution graded against the next problem's answer is
+    accepted only where the two reference answers are themselves equivalent."""
+    problems = load_benchmark("math500", shared_data / "eval" / "math500.jsonl")
+    rows = [json.loads(line) for line in (shared_data / "eval" / "math500.jsonl").read_text().splitlines()]
+    wrong = []
+    for i, row in enumerate(rows):
+        other = problems[(i + 1) % len(problems)]
+        ans, ok = grade(row["solution"], other.answer, "math", timeout=5)
+        if ok and not is_correct(problems[i].answer, other.answer, "math"):
+            wrong.append((i, ans, other.answer))
+    assert not wrong, wrong
 
 
 def test_aime_files_load_as_integer_problems(shared_data):
@@ -118,3 +196,36 @@ def test_grade_cli_json(tmp_path, shared_data, capsys):
     bad.write_text('{"problem_index": 99, "completion": "x"}\n')
     with pytest.raises(SystemExit, match="problem_index 99"):
         main(["grade", "--benchmark", "aime24", "--data", str(aime), "--predictions", str(bad)])
+
+
+def test_grade_cli_reports_strict_and_lenient_side_by_side(tmp_path, shared_data, capsys):
+    aime = shared_data / "eval" / "aime24.jsonl"
+    rows = [json.loads(x) for x in aime.read_text().splitlines()]
+    preds = tmp_path / "p.jsonl"
+    with open(preds, "w") as f:
+        for i, r in enumerate(rows):
+            gold = int(r["answer"])
+            text = f"... so the answer is $\\boxed{{{gold}^\\circ}}$" if i < 10 else f"The final answer is {gold}."
+            f.write(json.dumps({"problem_index": i, "completion": text}) + "\n")
+    out_dir = tmp_path / "out"
+    assert main(["grade", "--benchmark", "aime24", "--data", str(aime), "--predictions", str(preds), "--json",
+                 "--out", str(out_dir)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["pass@1"] == pytest.approx(10 / 30) and res["pass@1_lenient"] == pytest.approx(1.0)
+    assert res["maj@k"] == pytest.approx(10 / 30) and res["maj@k_lenient"] == pytest.approx(1.0)
+    samples = [json.loads(x) for x in (out_dir / "samples.jsonl").read_text().splitlines()]
+    assert {"problem_index", "completion", "extracted_answer", "correct", "output_tokens", "answer_lenient",
+            "correct_lenient"} <= set(samples[0]) and not any(k.startswith("vote_key") for k in samples[0])
+    assert samples[0]["correct"] and samples[-1]["extracted_answer"] is None and samples[-1]["correct_lenient"]
+    md = (out_dir / "results.md").read_text()
+    assert "| aime24 | strict |" in md and "| aime24 | lenient |" in md
+    assert json.loads((out_dir / "results.json").read_text())["pass@1_lenient"] == pytest.approx(1.0)
+
+
+def test_summarize_adds_lenient_metrics_only_when_graded():
+    samples = [{"problem_index": 0, "correct": False, "correct_lenient": True, "vote_key": None,
+                "vote_key_lenient": "3", "output_tokens": 10}]
+    r = summarize(samples, 1, 1, [512])
+    assert r["pass@1"] == 0 and r["pass@1_lenient"] == 1 and r["maj@1_lenient"] == 1
+    assert r["accuracy_under_budget_lenient"] == {"512": 1.0}
+    assert "pass@1_lenient" not in summarize([{k: v for k, v in samples[0].items() if "lenient" not in k}], 1, 1, [])
