@@ -167,7 +167,7 @@ def named_sharding(mesh: Mesh, axes: Sequence[str | None] | None, shape: Sequenc
 
 
 def param_shardings(model_or_state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
-    """NamedSharding for every parameter (a pure nested dict, like ``nnx.state(model, nnx.Param).to_pure_dict()``),
+    """NamedSharding for every parameter (a pure nested dict, like ``nnx.to_pure_dict(nnx.state(model, nnx.Param))``),
     from the parameters' ``out_sharding`` logical names through flax's ``nnx.get_partition_spec``."""
     state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state, nnx.Param)
     with nnx.logical_axis_rules(current_rules() if rules is None else rules):

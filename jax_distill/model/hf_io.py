@@ -216,7 +216,7 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *, compute_dtype: 
     _check_tensors(reader, cfg, p)
     abstract = _abstract_model(cfg)
     graphdef, state = nnx.split(abstract)
-    pure = state.to_pure_dict()
+    pure = nnx.to_pure_dict(state)
     shardings = param_shardings(abstract, mesh) if mesh is not None else None
     pdt = jnp.dtype(dtype)
     sources = _param_sources(cfg, reader)

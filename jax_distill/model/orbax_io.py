@@ -25,7 +25,7 @@ def save_orbax(model: Qwen2ForCausalLM, path: str | Path) -> Path:
 
     out = Path(path).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    params = nnx.state(model, nnx.Param).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(out / "params", params, force=True)
         ckptr.wait_until_finished()
@@ -43,7 +43,7 @@ def load_orbax(path: str | Path, dtype: str = "float32", *, compute_dtype: str |
     cfg = from_hf_config(src / "config.json", dtype=compute_dtype or dtype, param_dtype=dtype, **execution)
     abstract = nnx.eval_shape(lambda: init_model(cfg))
     graphdef, state = nnx.split(abstract)
-    shapes = state.to_pure_dict()
+    shapes = nnx.to_pure_dict(state)
     if mesh is not None:
         shard = param_shardings(abstract, mesh)
         target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), shapes, shard)

@@ -170,7 +170,8 @@ def abstract_decode_step(model_cfg: ModelConfig, mesh: Mesh, *, batch_size: int,
     model = nnx.eval_shape(lambda: init_model(cfg))
     graphdef, state = nnx.split(model)
     p_shard = param_shardings(model, mesh)
-    params = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), state.to_pure_dict(), p_shard)
+    params = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), nnx.to_pure_dict(state),
+                          p_shard)
     kv_shape = (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
     kv_sharding = named_sharding(mesh, CACHE_AXES, kv_shape)
     row = named_sharding(mesh, ("batch", None), (batch_size, 1))

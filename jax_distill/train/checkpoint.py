@@ -155,7 +155,7 @@ def load_model_from_checkpoint(path: str | Path, dtype: str = "float32", *, comp
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), dict(item_meta),
                           is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
     target["params"] = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, np.dtype(dtype), sharding=s),
-                                    state.to_pure_dict(), shard)
+                                    nnx.to_pure_dict(state), shard)
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     target = jax.tree.map(lambda x: x if getattr(x, "sharding", None) is not None
                           else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), target)

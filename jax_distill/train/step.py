@@ -109,7 +109,7 @@ def make_train_step(graphdef: Any, optimizer: optax.GradientTransformation, grad
         new_params = optax.apply_updates(params, updates)
         metrics = {
             "loss": loss_sum / denom,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "loss_tokens": tokens,
         }
         new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
@@ -132,7 +132,7 @@ def build_step_fns(model: Qwen2ForCausalLM | Any, optimizer: optax.GradientTrans
     graphdef, _ = nnx.split(model)
     p_shard = param_shardings(model, mesh, rules)
     abstract_params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype),
-                                   nnx.state(model, nnx.Param).to_pure_dict())
+                                   nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     replicated = NamedSharding(mesh, P())
 
     def init(params):
@@ -171,7 +171,7 @@ def abstract_train_step(model_cfg: ModelConfig, mesh: Mesh, *, batch_size: int, 
     model = nnx.eval_shape(lambda: init_model(model_cfg))
     optimizer = optimizer or optax.adamw(1e-5)
     fns = build_step_fns(model, optimizer, mesh, grad_accum=grad_accum, loss_chunk=loss_chunk)
-    params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.state(model, nnx.Param).to_pure_dict())
+    params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), model_params(model))
     state = jax.eval_shape(fns.init, params)
     state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, fns.state_shardings)
     batch = {k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.float32 if k == "loss_mask" else jnp.int32,
@@ -181,4 +181,4 @@ def abstract_train_step(model_cfg: ModelConfig, mesh: Mesh, *, batch_size: int, 
 
 def model_params(model: Qwen2ForCausalLM) -> Any:
     """The model's parameters as a plain nested dict of arrays (the ``params`` entry of the train state)."""
-    return nnx.state(model, nnx.Param).to_pure_dict()
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))

@@ -66,7 +66,7 @@ def test_sharded_load_matches_unsharded(tmp_path, mesh_shape):
     for a, b in zip(_leaves(sharded), _leaves(plain)):
         np.testing.assert_array_equal(a, b)
     ids = np.arange(32, dtype=np.int32).reshape(4, 8)
-    with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
+    with jax.set_mesh(mesh):
         got = np.asarray(jax.jit(lambda m, x: m(x))(sharded, ids))
     np.testing.assert_allclose(got, np.asarray(plain(ids)), atol=1e-5, rtol=0)
 
