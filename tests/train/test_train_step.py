@@ -1,6 +1,7 @@
 """The sharded SFT step: mesh-independence, gradient accumulation, and a PyTorch + transformers reference run."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -145,3 +146,25 @@ def test_training_past_the_model_context_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"seq_len 512 exceeds the model's max_position_embeddings 256.*rope_theta"):
         main(["train", "--config", str(REPO_ROOT / "configs" / "tiny_cpu.yaml"), "--no-progress", "train.steps=1",
               f"output_dir={tmp_path}", f"checkpoint.dir={tmp_path}/ck", "model.max_position_embeddings=256"])
+
+
+@pytest.mark.parametrize("seq", [37, 64])
+def test_chunked_cross_entropy_pads_lengths_that_do_not_divide(seq):
+    """A length that is not a multiple of the chunk (37 = prime) is padded with masked positions: same sum and count
+    as one unchunked pass, and the chunk is never shrunk (the padded program has ceil(S / chunk) chunks)."""
+    from jax_distill.train.step import chunked_cross_entropy
+
+    rng = np.random.default_rng(0)
+    h = jnp.asarray(rng.normal(size=(2, seq, 16)), jnp.float32)
+    head = jnp.asarray(rng.normal(size=(16, 50)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 50, (2, seq)), jnp.int32)
+    mask = jnp.asarray(rng.integers(0, 2, (2, seq)), jnp.float32)
+    ref_sum, ref_n = chunked_cross_entropy(h, head, targets, mask, chunk=seq)
+    got_sum, got_n = chunked_cross_entropy(h, head, targets, mask, chunk=16)
+    np.testing.assert_allclose(float(got_sum), float(ref_sum), rtol=1e-5)
+    assert float(got_n) == float(ref_n) == float(mask.sum())
+    grad = jax.grad(lambda x: chunked_cross_entropy(x, head, targets, mask, chunk=16)[0])(h)
+    ref_grad = jax.grad(lambda x: chunked_cross_entropy(x, head, targets, mask, chunk=seq)[0])(h)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(ref_grad), rtol=1e-4, atol=1e-6)
+    text = jax.jit(lambda x: chunked_cross_entropy(x, head, targets, mask, chunk=16)[0]).lower(h).as_text()
+    assert f"tensor<{-(-seq // 16)}x2x16x16xf32>" in text  # ceil(S/16) chunks of 16 tokens, not chunks of 1
