@@ -41,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"--stage {bad}: the config has {len(cfg.stages)} stage(s)")
     result = train(cfg, stages=stages, resume=args.resume, progress=not args.no_progress)
     for r in result.stages:
-        print(f"{r.name}: {r.steps} steps, loss {r.loss_first} -> {r.loss_last}"
+        if r.loss_first is None:  # --resume of a stage the checkpoint already covers: no step ran now
+            loss = "already complete at the resumed checkpoint, no new steps"
+        else:
+            loss = f"loss {r.loss_first:.4f} -> {r.loss_last:.4f}"
+        print(f"{r.name}: {r.steps} steps, {loss}"
               + (f", held-out loss {r.eval_loss:.4f}" if r.eval_loss is not None else "")
               + (f", weights in {r.export_dir}" if r.export_dir else ""))
     return 0
