@@ -24,11 +24,8 @@ def run(args: argparse.Namespace) -> int:
 
     from jax_distill.config import load_config
     from jax_distill.train.config import RunConfig
-    from jax_distill.train.loop import train
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("jax_distill").setLevel(logging.INFO)
-    cfg = load_config(RunConfig, args.config, args.overrides)
+    cfg = load_config(RunConfig, args.config, args.overrides)  # validated before the training stack is imported
     if args.stage == "all":
         stages = None
     else:
@@ -39,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
         bad = [s + 1 for s in stages if not 0 <= s < len(cfg.stages)]
         if bad:
             raise SystemExit(f"--stage {bad}: the config has {len(cfg.stages)} stage(s)")
+    from jax_distill.train.loop import train
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("jax_distill").setLevel(logging.INFO)
     result = train(cfg, stages=stages, resume=args.resume, progress=not args.no_progress)
     for r in result.stages:
         if r.loss_first is None:  # --resume of a stage the checkpoint already covers: no step ran now
