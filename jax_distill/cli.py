@@ -62,7 +62,8 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("default" in text.lower() or not action.option_strings or default in (None, False, argparse.SUPPRESS)
+        if ("default" in text.lower() or not action.option_strings or default is None or default is False
+                or default == argparse.SUPPRESS
                 or action.nargs in (argparse.ZERO_OR_MORE, argparse.ONE_OR_MORE)):
             return text
         return f"{text} (default: %(default)s)".strip()
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=HelpFormatter, epilog=f"example:\n  {EXAMPLES[name]}" if name in EXAMPLES
                            else None)
         module.add_arguments(p)
+        for action in p._actions:  # an option without help text still shows its default
+            if action.help is None and action.option_strings and action.default is not None \
+                    and action.default is not False:
+                action.help = "(default: %(default)s)"
         p.set_defaults(_run=module.run)
     return parser
 
