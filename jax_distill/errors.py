@@ -54,3 +54,18 @@ def hub_offline_flag() -> str | None:
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
             return var
     return None
+
+
+def gcs_credentials_problem(url: str) -> str | None:
+    """Why ``url`` (gs://) cannot be read for lack of credentials, or None when some credential source exists:
+    GOOGLE_APPLICATION_CREDENTIALS, gcloud's application-default file, or a reachable metadata server (1 s probe)."""
+    path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if path:
+        return None if os.path.isfile(path) else f"GOOGLE_APPLICATION_CREDENTIALS={path}: file not found"
+    config = os.environ.get("CLOUDSDK_CONFIG") or os.path.join(os.path.expanduser("~"), ".config", "gcloud")
+    if os.path.isfile(os.path.join(config, "application_default_credentials.json")):
+        return None
+    if reachable("http://" + os.environ.get("GCE_METADATA_HOST", "169.254.169.254"), timeout=1.0) is None:
+        return None
+    return (f"no GCS credentials for {url}: set GOOGLE_APPLICATION_CREDENTIALS or run "
+            "gcloud auth application-default login")

@@ -99,6 +99,8 @@ CASES = [
      "seq_len 0 is too small"),
     ("data-packing-window-zero", ["data", "stats", "--data", "{traces}", "--tokenizer", TOK, "--seq-len", "64",
                                   "--packing-window", "0"], "packing_window"),
+    ("data-batch-size-zero", ["data", "stats", "--data", "{traces}", "--tokenizer", TOK, "--seq-len", "64",
+                              "--batch-size", "0"], "--batch-size 0"),
     ("data-file-missing", ["data", "stats", "--data", "nope.jsonl", "--tokenizer", TOK, "--seq-len", "64"],
      "nope.jsonl"),
     ("data-tokenizer-dir-missing", ["data", "stats", "--data", "{traces}", "--tokenizer", "/no/such/tok",
@@ -129,7 +131,11 @@ CASES = [
      "missing field 'answer'"),
     ("grade-unknown-benchmark", ["grade", "--benchmark", "nosuch", "--predictions", "{pred_one}"],
      "not a known benchmark"),
+    ("train-unknown-preset", ["train", "--config", TINY, "model.preset=nosuch"], "unknown model preset 'nosuch'"),
+    ("plan-unknown-preset", ["plan", "--model", "nosuch", "--topology", "v5p-8"], "unknown model preset 'nosuch'"),
     # eval, convert
+    ("eval-tokenizer-missing", ["eval", "--model", "/no/model", "--tokenizer", "/no/tok", "--benchmark", "aime24",
+                                "--data", "{bench}", "--out", "{tmp}/e"], "tokenizer not found: /no/tok"),
     ("eval-model-missing", ["eval", "--model", "/no/model", "--benchmark", "aime24", "--data", "{bench}", "--out",
                             "{tmp}/e"], "/no/model"),
     ("convert-source-missing", ["convert", "--from", "/no/src", "--to", "{tmp}/c"], "/no/src"),
@@ -234,4 +240,30 @@ def test_subprocess_one_line(argv, needle):
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr and "INVALID_ARGUMENT" not in p.stderr
     assert len(lines) == 1 and needle in lines[0], lines
+    assert time.monotonic() - t0 < 10
+
+
+def test_gcs_without_credentials_fails_fast(files, capsys, monkeypatch, tmp_path):
+    for var in ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "CLOUDSDK_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("GCE_METADATA_HOST", f"127.0.0.1:{_closed_port()}")
+    monkeypatch.chdir(REPO)
+    t0 = time.monotonic()
+    rc = main(["data", "stats", "--data", "gs://no-bucket/t.jsonl", "--tokenizer", TOK, "--seq-len", "64"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no GCS credentials for gs://no-bucket" in err[0], err
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in err[0] and time.monotonic() - t0 < 10
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    assert main(["data", "stats", "--data", "gs://no-bucket/t.jsonl", "--tokenizer", TOK, "--seq-len", "64"]) == 2
+    assert "missing.json: file not found" in capsys.readouterr().err
+
+
+def test_hub_offline_mode_without_cache(files, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    t0 = time.monotonic()
+    rc = main(["grade", "--benchmark", "aime24", "--predictions", files["pred_one"]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "HF_HUB_OFFLINE" in err[0] and "--data FILE" in err[0], err
     assert time.monotonic() - t0 < 10
