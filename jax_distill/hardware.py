@@ -41,3 +41,10 @@ def chip_for_device_kind(device_kind: str) -> Chip | None:
     kind = device_kind.lower()
     matches = [(len(k), chip) for chip in CHIPS.values() for k in chip.device_kinds if k in kind]
     return max(matches, key=lambda m: m[0])[1] if matches else None
+
+
+def accelerator_present() -> bool:
+    """Whether this host has a TPU or NVIDIA GPU device node (checked without importing jax)."""
+    import glob
+
+    return any(glob.glob(p) for p in ("/dev/accel[0-9]*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*"))

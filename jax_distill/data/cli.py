@@ -115,14 +115,18 @@ def run_stats(args: argparse.Namespace) -> int:
     import json
 
     from jax_distill.config import from_dict
-    from jax_distill.data.pipeline import build_dataset, count_packed, load_documents
-    from jax_distill.data.records import BadRecordError
+    from jax_distill.data.sources import list_files
     from jax_distill.data.tokenize import load_tokenizer
 
     cfg = from_dict(DataConfig, dict(paths=list(args.data), tokenizer=args.tokenizer, seq_len=args.seq_len,
                                      packing=args.packing, packing_window=args.packing_window, overlong=args.overlong,
                                      require_boxed=args.require_boxed, strict=args.strict), "data stats")
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size {args.batch_size}: must be >= 1")
+    list_files(cfg.paths)  # missing files and credentials fail here, before the pipeline (and jax) is imported
     tok = load_tokenizer(args.tokenizer)
+    from jax_distill.data.pipeline import build_dataset, count_packed, load_documents
+    from jax_distill.data.records import BadRecordError
     try:
         docs, report = load_documents(cfg, tok)
     except BadRecordError as err:

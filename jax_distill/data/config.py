@@ -38,7 +38,7 @@ class DataConfig:
 
     def validate(self) -> None:
         if self.seq_len < 8:
-            raise ValueError(f"seq_len {self.seq_len} is too small")
+            raise ValueError(f"seq_len {self.seq_len} is too small (at least 8)")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ValueError("num_epochs must be >= 1 or null (repeat forever)")
         if self.packing_window < 1:

@@ -171,12 +171,30 @@ class TraceIterator:
         return self._report.as_dict()
 
 
+def _check_not_empty(report: PipelineReport, files: list[str], strict: bool) -> None:
+    """No records at all is an error; an empty file among others a warning naming it (an error when strict)."""
+    from jax_distill.errors import UserError
+
+    empty = [f for f, c in report.read.per_file.items() if c["records"] == 0]
+    if files and report.read.records == 0:
+        raise UserError(f"no records in the data: {', '.join(files[:3])}{' ...' if len(files) > 3 else ''} "
+                        f"({'empty' if len(empty) == len(files) else 'nothing readable'})",
+                        "check data.paths / --data")
+    if empty and strict:
+        raise UserError(f"empty data file {empty[0]} (strict)", "remove it from the paths or drop strict")
+    for f in empty:
+        import logging
+
+        logging.getLogger(__name__).warning("warning: empty data file %s: no records", f)
+
+
 def load_documents(cfg: DataConfig, tokenizer: Tokenizer, process_index: int = 0,
                    process_count: int = 1) -> tuple[list[dict[str, np.ndarray]], PipelineReport]:
     """This host's share of files, read, validated and tokenized (with the skip/truncation report)."""
     files = host_share(list_files(cfg.paths), process_index, process_count)
     report = PipelineReport()
     traces, report.read = read_traces(files, cfg)
+    _check_not_empty(report, files, cfg.strict)
     return tokenize_traces(traces, tokenizer, cfg, report), report
 
 

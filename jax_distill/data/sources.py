@@ -21,6 +21,22 @@ def gcs_storage_options() -> dict[str, Any]:
     return opts
 
 
+_GCS_CHECKED: set[str] = set()
+
+
+def _check_gcs_credentials(url: str) -> None:
+    """Fail in a second, with the fix, instead of gcsfs's retries against a metadata server that is not there."""
+    from jax_distill.errors import UserError, gcs_credentials_problem
+
+    bucket = url.split("://", 1)[1].split("/", 1)[0]
+    if bucket in _GCS_CHECKED:
+        return
+    problem = gcs_credentials_problem(url)
+    if problem:
+        raise UserError(problem)
+    _GCS_CHECKED.add(bucket)
+
+
 def filesystem(url: str):
     """(fsspec filesystem, path within it) for a local path or URL."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"
@@ -32,6 +48,8 @@ def filesystem(url: str):
 
         fs = GCSFileSystem(**gcs_storage_options())
         return fs, fs._strip_protocol(url)
+    if protocol in ("gs", "gcs"):
+        _check_gcs_credentials(url)
     opts = gcs_storage_options() if protocol in ("gs", "gcs") else {}
     fs, path = fsspec.core.url_to_fs(url, **opts)
     return fs, path

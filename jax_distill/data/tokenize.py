@@ -142,4 +142,9 @@ def load_tokenizer(spec: str) -> Tokenizer:
         return _from_tiktoken(p)
     if p.exists() and not p.is_dir():
         raise ValueError(f"{spec}: a tokenizer is a .tiktoken file or a directory")
+    if not p.exists() and (p.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1
+                           or "\\" in spec or p.suffix in (".json", ".model")):
+        # A path, not a hub name (owner/name): say so instead of the hub's "Repo id must be in the form ...".
+        raise FileNotFoundError(f"tokenizer not found: {spec} (a .tiktoken file, a tokenizer dir, or a hub name "
+                                "owner/name)")
     return _from_hf(spec)

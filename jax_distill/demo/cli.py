@@ -23,6 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # One XLA host device per core, so the demo's mesh really spans the machine (must precede importing jax).
+    for flag, value in (("--stage1-steps", args.stage1_steps), ("--stage2-steps", args.stage2_steps),
+                        ("--heldout", args.heldout)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag} {value}: must be >= 1")
     os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={max(1, os.cpu_count() or 1)}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import logging

@@ -72,8 +72,24 @@ def load_benchmark(name: str, data: str | Path | None = None) -> list[Problem]:
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}:{n}: malformed JSON: {err}") from None
         return _rows_to_problems(rows, name, str(path))
-    import datasets
+    from jax_distill.errors import UserError, hub_endpoint, hub_offline_flag, reachable
 
     hub, split, _ = KNOWN.get(name, (name, "test", None))
-    ds = datasets.load_dataset(hub, split=split)
+    if name not in KNOWN and name.count("/") != 1:
+        raise UserError(f"--benchmark {name!r}: not a known benchmark {sorted(KNOWN)} nor a hub dataset owner/name")
+    flag = hub_offline_flag()
+    if flag is None:  # one short probe instead of the hub client's retries
+        why = reachable(hub_endpoint(), timeout=3.0)
+        if why:
+            raise UserError(f"offline: {why} while loading {name} from the hub ({hub})",
+                            "pass --data FILE (a local JSON-lines benchmark file)")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(hub, split=split)
+    except Exception as err:
+        if flag is None:
+            raise
+        raise UserError(f"offline ({flag} is set) and {hub} is not in the local cache ({type(err).__name__})",
+                        "pass --data FILE (a local JSON-lines benchmark file) or unset " + flag) from err
     return _rows_to_problems(list(ds), name, hub)

@@ -39,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from jax_distill.sample.sampler import generate
 
     problems = load_benchmark(args.benchmark, args.data)[: args.limit]
+    tok = load_tokenizer(args.tokenizer) if args.tokenizer else None  # a bad --tokenizer fails before the model loads
     model = load_any(args.model, "float32", compute_dtype=args.dtype)
-    tok = load_tokenizer(args.tokenizer or args.model)
+    tok = tok or load_tokenizer(args.model)
     gen = functools.partial(generate, model, stop_ids=tok.stop_ids, pad_id=tok.pad_id)
     results = evaluate(problems, generate_fn=gen, tokenizer=tok, benchmark=args.benchmark, n_samples=args.n_samples,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

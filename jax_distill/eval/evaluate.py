@@ -41,19 +41,22 @@ def sample_record(s: dict) -> dict:
 def results_markdown(name: str, r: dict[str, Any]) -> str:
     """The metrics as markdown tables: strict grading (the score) and, where present, lenient grading beside it."""
     k = r["k"]
-    lines = [f"| benchmark | grading | problems | samples | pass@1 | pass@{k} | maj@{k} | mean output tokens |",
-             "|---|---|---|---|---|---|---|---|"]
+    cols = ["pass@1"] + ([f"pass@{k}", f"maj@{k}"] if k > 1 else [])  # k = 1: pass@k and maj@k are pass@1 again
+    lines = ["| benchmark | grading | problems | samples | " + " | ".join(cols) + " | mean output tokens |",
+             "|---|---|---|---|" + "---|" * len(cols) + "---|"]
     for label, sfx in (("strict", ""), ("lenient", "_lenient")):
         if f"pass@1{sfx}" not in r:
             continue
-        lines.append(f"| {name} | {label} | {r['n_problems']} | {r['n_samples']} | {r[f'pass@1{sfx}']:.3f} | "
-                     f"{r[f'pass@{k}{sfx}']:.3f} | {r[f'maj@{k}{sfx}']:.3f} | {r['mean_output_tokens']:.0f} |")
-    budgets = r["accuracy_under_budget"]
-    lines += ["", "| output-token budget | " + " | ".join(budgets) + " |", "|---|" + "---|" * len(budgets),
-              "| accuracy | " + " | ".join(f"{v:.3f}" for v in budgets.values()) + " |"]
-    if budgets and "accuracy_under_budget_lenient" in r:
-        lines.append("| accuracy (lenient) | " + " | ".join(
-            f"{v:.3f}" for v in r["accuracy_under_budget_lenient"].values()) + " |")
+        vals = " | ".join(f"{r[f'{c}{sfx}']:.3f}" for c in cols)
+        lines.append(f"| {name} | {label} | {r['n_problems']} | {r['n_samples']} | {vals} | "
+                     f"{r['mean_output_tokens']:.0f} |")
+    budgets = r.get("accuracy_under_budget") or {}
+    if budgets:  # no budgets (e.g. `grade`): no empty table
+        lines += ["", "| output-token budget | " + " | ".join(budgets) + " |", "|---|" + "---|" * len(budgets),
+                  "| accuracy | " + " | ".join(f"{v:.3f}" for v in budgets.values()) + " |"]
+        if "accuracy_under_budget_lenient" in r:
+            lines.append("| accuracy (lenient) | " + " | ".join(
+                f"{v:.3f}" for v in r["accuracy_under_budget_lenient"].values()) + " |")
     if "pass@1_lenient" in r:
         lines += ["", ("strict (the score): the answer is the last \\boxed{} (adjacent boxes joined); lenient: an "
                        "answer stated without a box also counts (\"The final answer is 33\").")]

@@ -44,6 +44,15 @@ def run(args: argparse.Namespace) -> int:
             if not isinstance(text, str):
                 text = ""
             completions.append((idx, text, row.get("output_tokens", 0) or 0))
+    if not completions:
+        raise SystemExit(f"--predictions {args.predictions}: no predictions in the file (expected JSON lines with "
+                         "problem_index and completion)")
+    missing = len(problems) - len({idx for idx, _, _ in completions})
+    if missing:  # scored as wrong, but said so
+        import sys
+
+        print(f"warning: {missing} of {len(problems)} {args.benchmark} problems have no prediction in "
+              f"{args.predictions}; they count as wrong", file=sys.stderr)
     samples = grade_completions(problems, completions)
     k = max((sum(1 for s in samples if s["problem_index"] == i) for i in range(len(problems))), default=1)
     results = {"benchmark": args.benchmark, **summarize(samples, len(problems), k, [])}

@@ -24,11 +24,8 @@ def run(args: argparse.Namespace) -> int:
 
     from jax_distill.config import load_config
     from jax_distill.train.config import RunConfig
-    from jax_distill.train.loop import train
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("jax_distill").setLevel(logging.INFO)
-    cfg = load_config(RunConfig, args.config, args.overrides)
+    cfg = load_config(RunConfig, args.config, args.overrides)  # validated before the training stack is imported
     if args.stage == "all":
         stages = None
     else:
@@ -39,9 +36,17 @@ def run(args: argparse.Namespace) -> int:
         bad = [s + 1 for s in stages if not 0 <= s < len(cfg.stages)]
         if bad:
             raise SystemExit(f"--stage {bad}: the config has {len(cfg.stages)} stage(s)")
+    from jax_distill.train.loop import train
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("jax_distill").setLevel(logging.INFO)
     result = train(cfg, stages=stages, resume=args.resume, progress=not args.no_progress)
     for r in result.stages:
-        print(f"{r.name}: {r.steps} steps, loss {r.loss_first} -> {r.loss_last}"
+        if r.loss_first is None:  # --resume of a stage the checkpoint already covers: no step ran now
+            loss = "already complete at the resumed checkpoint, no new steps"
+        else:
+            loss = f"loss {r.loss_first:.4f} -> {r.loss_last:.4f}"
+        print(f"{r.name}: {r.steps} steps, {loss}"
               + (f", held-out loss {r.eval_loss:.4f}" if r.eval_loss is not None else "")
               + (f", weights in {r.export_dir}" if r.export_dir else ""))
     return 0

@@ -24,6 +24,18 @@ class OptimConfig:
     eps: float = 1e-8
     clip_norm: float | None = 1.0
 
+    def validate(self) -> None:
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 or null (no clipping), got {self.clip_norm}")
+
 
 @dataclass
 class StageConfig:
@@ -40,6 +52,16 @@ class StageConfig:
     dataset_tokens: int | None = None
     epochs: float = 1.0
 
+    def validate(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1 (or unset: train.steps), got {self.steps}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (or unset: train.batch_size), got {self.batch_size}")
+        if self.dataset_tokens is not None and self.dataset_tokens < 1:
+            raise ValueError(f"dataset_tokens must be >= 1 or null, got {self.dataset_tokens}")
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+
 
 @dataclass
 class TrainConfig:
@@ -51,6 +73,19 @@ class TrainConfig:
     eval_batches: int = 4
     mfu_peak_flops: float | None = None  # per-device peak FLOP/s for MFU; None = look up by device kind
 
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0 = only at the end of each stage), got {self.eval_every}")
+        if self.eval_batches < 1:
+            raise ValueError(f"eval_batches must be >= 1, got {self.eval_batches}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} does not divide by grad_accum {self.grad_accum}")
+        if self.mfu_peak_flops is not None and not self.mfu_peak_flops > 0:
+            raise ValueError(f"mfu_peak_flops must be > 0 or null, got {self.mfu_peak_flops}")
+
 
 @dataclass
 class CheckpointConfig:
@@ -58,6 +93,12 @@ class CheckpointConfig:
     every: int = 100  # steps between saves (and one at the end of each stage)
     keep: int = 3
     async_save: bool = True
+
+    def validate(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"every must be >= 1, got {self.every}")
+        if self.keep < 1:
+            raise ValueError(f"keep must be >= 1, got {self.keep}")
 
 
 @dataclass
@@ -70,6 +111,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     stages: list[StageConfig] = field(default_factory=list)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self) -> None:
+        for i, s in enumerate(self.stages):
+            bs = self.stage_batch_size(s)
+            if bs % self.train.grad_accum:
+                raise ValueError(f"stages.{i} ({s.name}): batch_size {bs} does not divide by train.grad_accum "
+                                 f"{self.train.grad_accum}")
 
     def stage_steps(self, stage: StageConfig) -> int:
         """Steps of ``stage``: its own ``steps``, else ``train.steps``."""

@@ -138,11 +138,12 @@ def test_loss_curve_matches_pytorch_adamw_reference(tmp_path):
     assert ours[-1] < ours[0] - 0.1  # and it learns
 
 
-def test_training_past_the_model_context_is_refused(tmp_path):
+def test_training_past_the_model_context_is_refused(tmp_path, monkeypatch):
     """A stage whose seq_len exceeds max_position_embeddings fails before any step, saying how to extend it."""
     from jax_distill.cli import main
     from tests.conftest import REPO_ROOT
 
+    monkeypatch.setenv("JAX_DISTILL_DEBUG", "1")  # the exception itself, not cli.main's one-line report
     with pytest.raises(ValueError, match=r"seq_len 512 exceeds the model's max_position_embeddings 256.*rope_theta"):
         main(["train", "--config", str(REPO_ROOT / "configs" / "tiny_cpu.yaml"), "--no-progress", "train.steps=1",
               f"output_dir={tmp_path}", f"checkpoint.dir={tmp_path}/ck", "model.max_position_embeddings=256"])
