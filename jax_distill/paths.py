@@ -54,11 +54,11 @@ def upload(local_dir: PathLike, dest: PathLike, *, only: list[str] | None = None
 
 def download(src: PathLike, local_dir: PathLike) -> Path:
     """Copy the files of the folder ``src`` (recursively) into ``local_dir``; returns ``local_dir``."""
-    src_p, out = as_path(src), Path(local_dir)
-    for f in src_p.rglob("*"):
+    out = Path(local_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in as_path(src).iterdir():  # epath refuses `**` globs on GCS: walk level by level
         if f.is_dir():
-            continue
-        rel = os.path.relpath(os.fspath(f), os.fspath(src_p))
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        copy_file(f, out / rel)
+            download(f, out / f.name)
+        else:
+            copy_file(f, out / f.name)
     return out
