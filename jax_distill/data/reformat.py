@@ -336,13 +336,10 @@ def reformat(rows: Iterable[dict[str, Any]], rewriter: Rewriter, *, source: str,
 
 
 def write_traces(records: list[dict[str, Any]], url: str) -> None:
-    """Trace JSONL (docs/data.md) to a local path or any fsspec URL (gs:// included)."""
-    from jax_distill.data.sources import filesystem
+    """Trace JSONL (docs/data.md) to a local path or a gs:// URI (through epath, like every run output)."""
+    from jax_distill.paths import as_path
 
-    fs, path = filesystem(url)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if "://" not in url and parent:
-        fs.makedirs(parent, exist_ok=True)
+    out = as_path(url)
+    out.parent.mkdir(parents=True, exist_ok=True)
     payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-    with fs.open(path, "wb") as f:
-        f.write(payload)
+    out.write_bytes(payload)

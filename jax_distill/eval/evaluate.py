@@ -107,10 +107,12 @@ def evaluate(problems: Sequence[Problem], *, generate_fn: GenerateFn, tokenizer:
 
 
 def write_results(out_dir: str | Path, benchmark: str, samples: Sequence[dict], results: dict[str, Any]) -> None:
-    """OUT/samples.jsonl (every graded sample), OUT/results.json and OUT/results.md."""
-    out = Path(out_dir)
+    """OUT/samples.jsonl (every graded sample), OUT/results.json and OUT/results.md (OUT local or gs://)."""
+    from jax_distill.paths import as_path
+
+    out = as_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "samples.jsonl", "w") as f:
+    with (out / "samples.jsonl").open("w") as f:
         for s in samples:
             f.write(json.dumps(sample_record(s)) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

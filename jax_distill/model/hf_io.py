@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -196,8 +197,17 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *, compute_dtype: 
     72B checkpoint never exists whole in one host's memory. ``execution``: remat, scan_layers, attention.
     ``context``: ``rope_theta`` / ``max_position_embeddings`` replacing the checkpoint's, to fine-tune at a longer
     context than it was published with (e.g. Qwen2.5-Math: 4k, theta 1e4); no tensor changes shape.
-    ``path`` may also be a preset name (e.g. "qwen2.5-0.5b"): a randomly initialised model of that shape.
+    ``path`` may also be a preset name (e.g. "qwen2.5-0.5b"): a randomly initialised model of that shape, or a
+    gs:// URI (downloaded to a temporary folder first).
     """
+    from jax_distill.paths import download, is_remote
+
+    if is_remote(path):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="jax_distill_hf_") as tmp:
+            return load_pretrained(download(path, tmp), dtype, compute_dtype=compute_dtype, mesh=mesh, seed=seed,
+                                   context=context, **execution)
     p = Path(path)
     if not p.is_dir():
         if preset_key(str(path)) is not None:
@@ -247,17 +257,28 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *, compute_dtype: 
 
 
 def save_pretrained(model: Qwen2ForCausalLM, path: str | Path, *, dtype: str | None = None,
-                    max_shard_bytes: int = 4 * 2**30) -> Path:
+                    max_shard_bytes: int = 4 * 2**30):
     """Write ``model`` in the Hugging Face layout (config.json, sharded safetensors + index) that
     ``transformers.AutoModelForCausalLM.from_pretrained`` loads. Streams one layer's tensor at a time to host.
 
+    ``path``: a local folder or a gs:// URI (files are staged locally, then copied). Every process must call this
+    (sharded tensors are gathered collectively); only process 0 writes. Returns the folder as an ``epath.Path``.
     ``dtype``: storage dtype (default: the parameter dtype).
     """
+    import shutil
+    import tempfile
+
     from safetensors.numpy import save_file
 
+    from jax_distill.paths import as_path, is_remote, upload
+
     cfg = model.config
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+    dest = as_path(path)
+    writer = jax.process_index() == 0
+    remote = is_remote(dest)
+    out = Path(tempfile.mkdtemp(prefix="jax_distill_export_")) if remote else Path(os.fspath(dest))
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     store = np.dtype(jnp.dtype(dtype or cfg.param_dtype))
 
     def host(x: jax.Array) -> np.ndarray:
@@ -287,7 +308,8 @@ def save_pretrained(model: Qwen2ForCausalLM, path: str | Path, *, dtype: str | N
         nonlocal size
         if shards[-1]:
             files.append(str(len(files)))
-            save_file(shards[-1], out / f"_part{len(files) - 1}.safetensors", metadata={"format": "pt"})
+            if writer:
+                save_file(shards[-1], out / f"_part{len(files) - 1}.safetensors", metadata={"format": "pt"})
             shards[-1] = {}
             size = 0
 
@@ -300,6 +322,8 @@ def save_pretrained(model: Qwen2ForCausalLM, path: str | Path, *, dtype: str | N
         size += t.nbytes
         total += t.nbytes
     flush(True)
+    if not writer:
+        return dest
     n = len(files)
     names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" if n > 1 else "model.safetensors" for i in range(n)]
     for i, final in enumerate(names):
@@ -316,4 +340,8 @@ def save_pretrained(model: Qwen2ForCausalLM, path: str | Path, *, dtype: str | N
     hf_cfg["torch_dtype"] = str(store) if store != np.dtype(jnp.bfloat16) else "bfloat16"
     hf_cfg["dtype"] = hf_cfg["torch_dtype"]
     (out / "config.json").write_text(json.dumps(hf_cfg, indent=2))
-    return out
+    if remote:
+        # Weights first, config.json last: a reader that finds config.json finds the whole export.
+        upload(out, dest, only=[*names, *(["model.safetensors.index.json"] if n > 1 else []), "config.json"])
+        shutil.rmtree(out, ignore_errors=True)
+    return dest

@@ -69,7 +69,9 @@ def load_prices(path: str | Path) -> dict[str, Any]:
 
 def measured_mfu(run_dir: str | Path) -> tuple[float, str | None]:
     """Median MFU of a run's metrics.jsonl (after the first logged step) and the device kind from its manifest."""
-    run = Path(run_dir)
+    from jax_distill.paths import as_path
+
+    run = as_path(run_dir)  # a local run folder or gs://
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     mfus = sorted(r["mfu"] for r in rows[1:] if isinstance(r.get("mfu"), (int, float)))
     if not mfus:
@@ -138,6 +140,11 @@ def plot(rep: dict[str, Any], path: str | Path) -> Path:
     ax.set_title(f"Cost to reproduce: {rep['model']}, {rep['train_tokens'] / 1e9:.2f}B train tokens + eval")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from jax_distill.paths import as_path
+
+    target = as_path(path)  # local or gs://
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("wb") as f:
+        fig.savefig(f, dpi=120, format=target.suffix.lstrip(".") or "png")
     plt.close(fig)
-    return Path(path)
+    return target

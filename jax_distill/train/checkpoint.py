@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jax_distill.paths import as_path
+
 log = logging.getLogger("jax_distill.checkpoint")
 
 
@@ -24,7 +26,7 @@ class Checkpointer:
     """Keeps the last ``keep`` checkpoints, saving every ``every`` steps (asynchronously by default)."""
 
     def __init__(self, directory: str | Path, *, every: int, keep: int, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+        self.directory = as_path(directory)  # local or gs:// (Orbax writes through epath + tensorstore)
         self.every = max(1, every)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=True, create=True)
@@ -99,8 +101,9 @@ class PreemptionGuard:
 
 
 def source_kind(path: str | Path) -> str:
-    """"hf" (config.json + safetensors), "orbax" (save_orbax layout), or "train" (a training checkpoint dir)."""
-    p = Path(path)
+    """"hf" (config.json + safetensors), "orbax" (save_orbax layout), or "train" (a training checkpoint dir).
+    ``path``: local or gs://."""
+    p = as_path(path)
     if (p / "config.json").is_file() and any(p.glob("*.safetensors")):
         return "hf"
     if (p / "config.json").is_file() and (p / "params").is_dir():

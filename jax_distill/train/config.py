@@ -93,6 +93,7 @@ class CheckpointConfig:
     every: int = 100  # steps between saves (and one at the end of each stage)
     keep: int = 3
     async_save: bool = True
+    export_dtype: str = "bfloat16"  # storage dtype of each stage's Hugging Face export (OUT/<stage>/hf)
 
     def validate(self) -> None:
         if self.every < 1:

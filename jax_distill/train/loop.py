@@ -16,11 +16,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from jax_distill.config import to_dict
@@ -31,6 +31,7 @@ from jax_distill.manifest import write_manifest
 from jax_distill.model.flops import train_flops_per_token
 from jax_distill.model.hf_io import load_pretrained, save_pretrained
 from jax_distill.model.qwen2 import Qwen2ForCausalLM, init_model
+from jax_distill.paths import as_path
 from jax_distill.sharding import make_mesh, param_shardings
 from jax_distill.train.checkpoint import Checkpointer, PreemptionGuard
 from jax_distill.train.config import RunConfig, StageConfig
@@ -64,7 +65,7 @@ class StageResult:
 class TrainResult:
     stages: list[StageResult]
     model: Qwen2ForCausalLM
-    output_dir: Path
+    output_dir: epath.Path
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Run:
     contains it consumes it (sets it to None)."""
 
     cfg: RunConfig
-    out: Path
+    out: epath.Path  # local or gs://
     mesh: jax.sharding.Mesh
     ckpt: Checkpointer
     guard: PreemptionGuard
@@ -100,8 +101,9 @@ def train(cfg: RunConfig, *, stages: list[int] | None = None, resume: bool = Fal
     if not cfg.stages:
         raise ValueError("the config has no stages: add a `stages:` list (stage 1 format alignment, stage 2 traces)")
     maybe_initialize_distributed()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = as_path(cfg.output_dir)
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(cfg.mesh)
     ckpt = Checkpointer(cfg.checkpoint.dir or str(out / "checkpoints"), every=cfg.checkpoint.every,
                         keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
@@ -216,9 +218,11 @@ def train_steps(run: Run, i: int, stage: StageConfig, fns: StepFns, state: dict[
         if run.guard.should_stop(done):
             run.ckpt.save(done, state, data_state=iterator.get_state(), meta=meta, force=True)
             run.ckpt.wait()
+            run.writer.sync()
             log.warning("preemption signal: checkpoint at step %d written; exiting", done)
             raise Preempted(done)
-        run.ckpt.save(done, state, data_state=iterator.get_state(), meta=meta, force=(done == end))
+        if run.ckpt.save(done, state, data_state=iterator.get_state(), meta=meta, force=(done == end)):
+            run.writer.sync()  # the metrics up to this checkpoint reach OUT (a no-op copy for a local OUT)
         if stage.eval_data and cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != end:
             run.writer.write(done, {"eval_loss": heldout_loss(run, stage, fns, state["params"], tok),
                                     "stage": stage.name})
@@ -228,14 +232,15 @@ def train_steps(run: Run, i: int, stage: StageConfig, fns: StepFns, state: dict[
 
 def finish_stage(run: Run, stage: StageConfig, fns: StepFns, params: Any, iterator: Any, tok: Tokenizer,
                  result: StageResult, model: Qwen2ForCausalLM, end: int) -> None:
-    """Held-out loss, the data report, the Hugging Face export (OUT/<stage>/hf) and the manifest's data record."""
+    """Held-out loss, the data report, the Hugging Face export (OUT/<stage>/hf, in ``checkpoint.export_dtype``) and
+    the manifest's data record."""
     if stage.eval_data:
         result.eval_loss = heldout_loss(run, stage, fns, params, tok)
         run.writer.write(end, {"eval_loss": result.eval_loss, "stage": stage.name})
     report = iterator.report() if hasattr(iterator, "report") else {}
     result.data_report = report if isinstance(report, dict) else to_dict(report)
     export = run.out / stage.name / "hf"
-    save_pretrained(model, export)
+    save_pretrained(model, export, dtype=run.cfg.checkpoint.export_dtype)  # process 0 writes; all gather
     result.export_dir = str(export)
     # Every file with its hash and this host's record / kept / skipped counts.
     per_file = result.data_report.get("read", result.data_report).get("per_file", {})

@@ -146,32 +146,25 @@ def test_parquet_and_chat_form(tmp_path, qwen):
     assert report.read.kept == 2 and len(docs) == 2
 
 
-def test_gcs_emulator_with_injected_faults_keeps_exact_counts(tmp_path, qwen, monkeypatch):
-    from gcp_storage_emulator.server import create_server
+def test_gcs_emulator_with_injected_faults_keeps_exact_counts(tmp_path, qwen, monkeypatch, gcs):
+    from tests.data.gcs_emulator import FaultyProxy
 
-    from tests.data.gcs_emulator import FaultyProxy, free_port
+    gcs.make_bucket("traces")
+    with FaultyProxy(gcs.port, every=3) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy.port}")
+        from jax_distill.data.sources import filesystem
 
-    port = free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="traces")
-    server.start()
-    try:
-        with FaultyProxy(port, every=3) as proxy:
-            monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy.port}")
-            from jax_distill.data.sources import filesystem
-
-            fs, _ = filesystem("gs://traces")
-            for i in range(3):
-                local = write_traces(tmp_path / f"p{i}.jsonl", 7, seed=i)
-                fs.put(str(local), f"traces/run/p{i}.jsonl")
-            fs.invalidate_cache()
-            cfg = DataConfig(paths=["gs://traces/run/*.jsonl"], tokenizer="", seq_len=256)
-            docs, report = load_documents(cfg, qwen)
-            assert report.read.records == 21 and report.read.kept == 21 and len(docs) == 21
-            assert proxy.faults > 0  # faults really happened and were retried
-            with pytest.raises(FileNotFoundError, match="gs://missing-bucket"):
-                list_files(["gs://missing-bucket/x/*.jsonl"])
-    finally:
-        server.stop()
+        fs, _ = filesystem("gs://traces")
+        for i in range(3):
+            local = write_traces(tmp_path / f"p{i}.jsonl", 7, seed=i)
+            fs.put(str(local), f"traces/run/p{i}.jsonl")
+        fs.invalidate_cache()
+        cfg = DataConfig(paths=["gs://traces/run/*.jsonl"], tokenizer="", seq_len=256)
+        docs, report = load_documents(cfg, qwen)
+        assert report.read.records == 21 and report.read.kept == 21 and len(docs) == 21
+        assert proxy.faults > 0  # faults really happened and were retried
+        with pytest.raises(FileNotFoundError, match="gs://missing-bucket"):
+            list_files(["gs://missing-bucket/x/*.jsonl"])
 
 
 def test_data_stats_cli_json(tmp_path, qwen_tiktoken, capsys):

@@ -180,28 +180,20 @@ def test_endpoint_failure_is_counted_not_fatal(tmp_path):
         reformat(ROWS[:1], rw, source="toy", strict=True)
 
 
-def test_reformat_cli_writes_to_gcs_emulator(tmp_path, chat_server, monkeypatch, capsys):
-    from gcp_storage_emulator.server import create_server
-
+def test_reformat_cli_writes_to_gcs_emulator(tmp_path, chat_server, monkeypatch, capsys, gcs):
     src = tmp_path / "problems.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    port = free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="stage1")
-    server.start()
-    try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        monkeypatch.setenv("TEST_KEY", "k")
-        assert main(["data", "reformat", "--input", str(src), "--out", "gs://stage1/math/part-0.jsonl",
-                     "--endpoint", chat_server.url, "--api-key-env", "TEST_KEY", "--concurrency", "4",
-                     "--cache", str(tmp_path / "c.jsonl"), "--json"]) == 0
-        rep = json.loads(capsys.readouterr().out)
-        assert rep["kept"] == 7 and rep["records"] == len(ROWS)
-        from jax_distill.data.sources import read_bytes
+    gcs.make_bucket("stage1")
+    monkeypatch.setenv("TEST_KEY", "k")
+    assert main(["data", "reformat", "--input", str(src), "--out", "gs://stage1/math/part-0.jsonl",
+                 "--endpoint", chat_server.url, "--api-key-env", "TEST_KEY", "--concurrency", "4",
+                 "--cache", str(tmp_path / "c.jsonl"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["kept"] == 7 and rep["records"] == len(ROWS)
+    from jax_distill.data.sources import read_bytes
 
-        lines = read_bytes("gs://stage1/math/part-0.jsonl").decode().splitlines()
-        assert [json.loads(x)["id"] for x in lines][:2] == ["add1", "add3"] and len(lines) == 7
-    finally:
-        server.stop()
+    lines = read_bytes("gs://stage1/math/part-0.jsonl").decode().splitlines()
+    assert [json.loads(x)["id"] for x in lines][:2] == ["add1", "add3"] and len(lines) == 7
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     capsys.readouterr()
     assert main(["data", "reformat", "--input", str(src), "--out", str(tmp_path / "o.jsonl")]) == 2
