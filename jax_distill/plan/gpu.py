@@ -253,7 +253,7 @@ def plan_gpu_training(model_cfg, topo: GpuTopology, *, seq_len: int, batch_size:
     import numpy as np
     from jax.sharding import Mesh
 
-    from jax_distill.plan.flops import train_flops_per_token
+    from jax_distill.model.flops import train_flops_per_token
     from jax_distill.sharding import MESH_AXES, MeshConfig
     from jax_distill.train.step import abstract_train_step
 

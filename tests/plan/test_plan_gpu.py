@@ -13,7 +13,7 @@ import pytest
 
 from jax_distill.cli import main
 from jax_distill.model.config import ModelConfig
-from jax_distill.plan.flops import train_flops_per_token
+from jax_distill.model.flops import train_flops_per_token
 from jax_distill.plan.gpu import (
     GPU_SPECS_ENV,
     JAX_DEFAULT_MEM_FRACTION,
