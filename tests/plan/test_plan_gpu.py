@@ -304,3 +304,16 @@ def test_gpu_plan_matches_the_real_h200():
     real = roofline(gzip.decompress((DATA / "h200_qwen2.5-0.5b_step.hlo.txt.gz").read_bytes()).decode(), H200)
     assert plan.roofline["flops"] == pytest.approx(real.flops, rel=1e-6)
     assert plan.roofline_step_s == pytest.approx(real.overlapped_s, rel=0.02)
+
+
+@needs_gpu_compiler
+def test_gpu_plan_72b_on_8_nodes_of_8xh100(capsys):
+    """The issue's multi-node command: Qwen2.5-Math-72B at 16k, FSDP over 64 H100s in 8 nodes, fits (about 47 GiB of
+    the 59 GiB JAX may use per GPU), and its FSDP collectives cross nodes, so they go over the network."""
+    assert main(["plan", "--model", "qwen2.5-math-72b", "--topology", "8x8xh100", "--seq-len", "16384", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fits"] is True and out["nodes"] == 8 and out["mesh"] == {"data": 1, "fsdp": 64, "tensor": 1}
+    assert 40 * GiB < out["per_chip_bytes"] < out["usable_bytes"]
+    rl = out["roofline"]
+    assert rl["network_s"] > 0 and rl["nvlink_s"] == 0 and 0 < out["roofline_mfu"] < 1
+    assert any("max_position_embeddings 4096" in w for w in out["warnings"])
