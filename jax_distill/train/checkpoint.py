@@ -1,13 +1,17 @@
 """Orbax checkpoints of the whole training state, and clean exits on preemption.
 
 A checkpoint step holds three items: ``state`` (params, optimizer state, step, RNG key data — sharded arrays,
-restorable onto any mesh), ``data`` (the grain iterator state, JSON) and ``meta`` (stage, stage step, the resolved
+restorable onto any mesh), ``data`` (each process's data-iterator state, one JSON file per process:
+``data/process_<i>-of-<n>.json``, the layout grain and MaxText use; every host reads its own share of the files, so
+every host has its own position) and ``meta`` (stage, stage step, the resolved
 config, JSON). Orbax writes each step into a temporary directory and renames it only when complete, so a process
 killed mid-save leaves no step that `latest_step` would return.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import signal
 import threading
@@ -22,6 +26,51 @@ from jax_distill.paths import as_path
 log = logging.getLogger("jax_distill.checkpoint")
 
 
+class ProcessJsonHandler(ocp.CheckpointHandler):
+    """Orbax item handler: every process saves and restores its own JSON value as ``process_<i>-of-<n>.json``.
+    (Orbax's JsonCheckpointHandler writes process 0's value only.) Restoring with a different process count is
+    refused: the data shares per host would not match. A checkpoint from before this layout (one ``metadata`` file)
+    is read by a single process."""
+
+    def _file(self, directory) -> Any:
+        return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+    def save(self, directory, args: "ProcessJsonSave") -> None:
+        self._file(directory).write_text(json.dumps(args.item))
+
+    def restore(self, directory, args: "ProcessJsonRestore | None" = None) -> Any:
+        path = self._file(directory)
+        if path.exists():
+            return json.loads(path.read_text())
+        legacy = directory / "metadata"
+        if jax.process_count() == 1 and legacy.exists():
+            return json.loads(legacy.read_text())
+        found = sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+        raise FileNotFoundError(f"{path} not found (files: {found}): was the checkpoint written by a different number"
+                                " of processes?")
+
+    def metadata(self, directory) -> None:  # noqa: ARG002
+        return None
+
+    def finalize(self, directory) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(ProcessJsonHandler, for_save=True)
+@dataclasses.dataclass
+class ProcessJsonSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(ProcessJsonHandler, for_restore=True)
+@dataclasses.dataclass
+class ProcessJsonRestore(ocp.args.CheckpointArgs):
+    item: Any = None
+
+
 class Checkpointer:
     """Keeps the last ``keep`` checkpoints, saving every ``every`` steps (asynchronously by default)."""
 
@@ -31,7 +80,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=True, create=True)
         # Handlers named up front, so a fresh process can read item metadata before any save or restore.
-        handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+        handlers = {"state": ocp.StandardCheckpointHandler(), "data": ProcessJsonHandler(),
                     "meta": ocp.JsonCheckpointHandler()}
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
@@ -42,7 +91,7 @@ class Checkpointer:
             return False
         if step in self._manager.all_steps():
             return False
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {}),
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ProcessJsonSave(data_state or {}),
                                   meta=ocp.args.JsonSave(meta or {}))
         return bool(self._manager.save(step, args=args, force=True))
 
@@ -58,7 +107,7 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
         out = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+            state=ocp.args.StandardRestore(abstract_state), data=ProcessJsonRestore(),
             meta=ocp.args.JsonRestore()))
         return out["state"], out["data"], out["meta"]
 

@@ -62,6 +62,7 @@ def _latest(ck: Path | str) -> int:
         steps = [int(p.rsplit("/", 1)[-1]) for p in (fs.ls(path) if fs.exists(path) else [])
                  if p.rsplit("/", 1)[-1].isdigit() and fs.exists(f"{p}/commit_success.txt")]
         return max(steps, default=-1)
+    ck = Path(ck)
     steps = [int(p.name) for p in ck.glob("*") if p.name.isdigit()] if ck.is_dir() else []
     return max(steps, default=-1)
 
