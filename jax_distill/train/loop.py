@@ -85,7 +85,7 @@ def initial_model(cfg: RunConfig, mesh: jax.sharding.Mesh) -> Qwen2ForCausalLM:
     if mcfg.weights:
         from jax_distill.model.hf_io import load_pretrained
 
-        execution = {k: getattr(mcfg, k) for k in ("remat", "scan_layers", "attention")}
+        execution = {k: getattr(mcfg, k) for k in ("remat", "scan_layers", "attention", "max_segments")}
         context = {k: getattr(mcfg, k) for k in ("rope_theta", "max_position_embeddings")}
         return load_pretrained(mcfg.weights, dtype=mcfg.param_dtype, compute_dtype=mcfg.dtype, mesh=mesh,
                                context=context, **execution)
