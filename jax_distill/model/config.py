@@ -15,9 +15,10 @@ DType = Literal["float32", "bfloat16", "float16"]
 # What to recompute in the backward pass. "none": keep all activations; "full": keep only each layer's input;
 # "dots": keep matmul outputs without batch dims (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
 Remat = Literal["none", "full", "dots"]
-# "xla": plain einsum + softmax reference; "dot_product": jax.nn.dot_product_attention (XLA or cuDNN on GPU);
-# "cudnn": force the cuDNN flash kernel (GPU only); "chunked": query-chunked XLA attention for long sequences.
-Attention = Literal["xla", "chunked", "dot_product", "cudnn"]
+# See model/attention.py. "splash": TPU (Pallas kernel, the recommended TPU setting); "cudnn": GPU (cuDNN flash
+# attention with packed-row offsets; bf16/fp16); "chunked": block-causal flash attention in plain JAX (CPU, any
+# backend); "xla": dense reference; "dot_product": jax.nn.dot_product_attention with a dense mask.
+Attention = Literal["xla", "chunked", "splash", "cudnn", "dot_product"]
 
 ARCH_FIELDS = (
     "vocab_size",
@@ -65,6 +66,7 @@ class ModelConfig:
     remat: Remat = "none"
     scan_layers: bool = True
     attention: Attention = "dot_product"
+    max_segments: int = 16  # attention "cudnn": most documents (+1 for trailing padding) in one packed row
     init_std: float = 0.02  # transformers' initializer_range, for random init
 
     def resolve(self) -> ModelConfig:

@@ -152,7 +152,7 @@ def decoder_layer(cfg: ModelConfig, w: dict[str, jax.Array], x: jax.Array, cos: 
     k = apply_rope(k, cos, sin)
     if kv is None:
         new_kv = None
-        out = attention(q, k, v, mask, cfg.attention)
+        out = attention(q, k, v, mask, cfg.attention, max_segments=cfg.max_segments)
     else:
         k_buf, k_layer = _cache_write(kv[0], k, index, layer)
         v_buf, v_layer = _cache_write(kv[1], v, index, layer)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import jax
 from jax.sharding import Mesh
 
 from jax_distill.model.config import ModelConfig
@@ -54,7 +55,8 @@ def compile_train_step(model_cfg: ModelConfig, mesh: Mesh, batch_size: int, seq_
     from jax_distill.train.step import abstract_train_step
 
     fn, args = abstract_train_step(model_cfg, mesh, batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum)
-    return fn.lower(*args).compile()
+    with jax.set_mesh(mesh):  # the mesh in context: attention "splash" runs its kernel under shard_map over it
+        return fn.lower(*args).compile()
 
 
 def plan_training(model_cfg: ModelConfig, topo: Topology, *, seq_len: int, batch_size: int,

@@ -297,7 +297,7 @@ def initial_model(cfg: RunConfig, mesh: jax.sharding.Mesh) -> Qwen2ForCausalLM:
     """Pretrained weights (HF directory, streamed shard by shard onto the mesh) or a sharded random init."""
     mcfg = cfg.model
     if mcfg.weights:
-        execution = {k: getattr(mcfg, k) for k in ("remat", "scan_layers", "attention")}
+        execution = {k: getattr(mcfg, k) for k in ("remat", "scan_layers", "attention", "max_segments")}
         context = {k: getattr(mcfg, k) for k in ("rope_theta", "max_position_embeddings")}
         return load_pretrained(mcfg.weights, dtype=mcfg.param_dtype, compute_dtype=mcfg.dtype, mesh=mesh,
                                context=context, **execution)

@@ -64,27 +64,6 @@ def test_attention_implementations_agree(tmp_path):
     np.testing.assert_allclose(dpa, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
 
 
-def test_chunked_attention_matches_reference_with_packing():
-    import jax
-
-    from jax_distill.model.attention import MaskSpec, chunked_attention, make_mask, xla_attention
-
-    rng = np.random.default_rng(0)
-    q = rng.normal(size=(2, 64, 4, 8)).astype(np.float32)
-    k = rng.normal(size=(2, 64, 2, 8)).astype(np.float32)
-    v = rng.normal(size=(2, 64, 2, 8)).astype(np.float32)
-    seg = np.repeat([[1] * 40 + [2] * 20 + [0] * 4], 2, axis=0).astype(np.int32)
-    slots = np.arange(64, dtype=np.int32)
-    mask = make_mask(seg, seg, slots, slots)
-    spec = MaskSpec(seg, seg, slots, slots)
-    ref = xla_attention(q, k, v, mask)
-    got = chunked_attention(q, k, v, spec, chunk=16)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5)
-    g_ref = jax.grad(lambda q: xla_attention(q, k, v, mask).sum())(q)
-    g_got = jax.grad(lambda q: chunked_attention(q, k, v, spec, chunk=16).sum())(q)
-    np.testing.assert_allclose(np.asarray(g_got), np.asarray(g_ref), atol=1e-4)
-
-
 def test_scan_remat_and_unrolled_agree(tmp_path):
     make_hf_model(tmp_path, layers=3)
     ids = np.arange(24, dtype=np.int32).reshape(2, 12)
