@@ -169,15 +169,15 @@ def test_train_step_with_splash_compiles_for_v5p():
     """The real SFT step of a small model with ``attention: splash`` (layer scan, full remat, bf16) compiles for a
     v5p-8 with tensor parallelism through the planner's path (which traces the step under ``jax.set_mesh``)."""
     from jax_distill.model.config import ModelConfig
-    from jax_distill.plan.aot import _mesh, compile_train_step
-    from jax_distill.plan.topology import parse_topology
-    from jax_distill.sharding import MeshConfig
+    from jax_distill.plan.aot import compile_train_step
+    from jax_distill.plan.topology import parse_topology, topology_devices
+    from jax_distill.sharding import MeshConfig, make_mesh
 
     cfg = ModelConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6,
                       tie_word_embeddings=True, max_position_embeddings=4096, dtype="bfloat16", remat="full",
                       attention="splash")
-    mesh = _mesh(parse_topology("v5p-8"), MeshConfig(data=1, fsdp=2, tensor=2))
+    mesh = make_mesh(MeshConfig(data=1, fsdp=2, tensor=2), topology_devices(parse_topology("v5p-8")))
     compiled = compile_train_step(cfg, mesh, batch_size=4, seq_len=1024)
     assert "tpu_custom_call" in compiled.as_text()
 
