@@ -161,10 +161,18 @@ def usable_bytes(spec: GpuSpec, mem_fraction: float = JAX_DEFAULT_MEM_FRACTION) 
 # ------------------------------------------------------------------------------------------------- the plugin
 
 
+def _has_module(name: str) -> bool:
+    """Whether ``name`` can be imported; False too when its parent package is absent (find_spec raises then)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def gpu_compile_unavailable(cudnn: bool = False) -> str | None:
     """None when this host can compile for GPUs ahead of time, else what is missing and how to install it."""
     hint = "pip install 'jax-distill[gpu-plan]'"
-    if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+    if not _has_module("jax_plugins.xla_cuda12"):
         return f"the CUDA PJRT plugin (jax-cuda12-plugin, jax-cuda12-pjrt) is not installed: {hint}"
     try:
         import jaxlib
@@ -176,13 +184,13 @@ def gpu_compile_unavailable(cudnn: bool = False) -> str | None:
         return f"jax-cuda12-pjrt is not installed: {hint}"
     if not _ptxas():
         return f"ptxas not found (nvidia-cuda-nvcc-cu12): {hint}"
-    if cudnn and importlib.util.find_spec("nvidia.cudnn") is None:
+    if cudnn and not _has_module("nvidia.cudnn"):
         return f"cuDNN attention needs cuDNN (nvidia-cudnn-cu12) at compile time: {hint}"
     return None
 
 
 def _ptxas() -> str | None:
-    spec = importlib.util.find_spec("nvidia.cuda_nvcc")
+    spec = importlib.util.find_spec("nvidia.cuda_nvcc") if _has_module("nvidia.cuda_nvcc") else None
     for root in (spec.submodule_search_locations or []) if spec else []:
         if (Path(root) / "bin" / "ptxas").is_file():
             return str(Path(root) / "bin" / "ptxas")
