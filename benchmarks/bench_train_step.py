@@ -65,7 +65,7 @@ def main() -> None:
     flops = train_flops_per_token(ours.config, S) * tok
     peak_xla, peak_torch = xla_matmul_peak(), torch_matmul_peak()
     body = (f"bench-small SFT step (forward + backward + AdamW), fp32, batch {B} x seq {S}, one CPU device "
-            f"(best of runs). FLOPs by `plan.flops.train_flops_per_token` (6N + causal attention): "
+            f"(best of runs). FLOPs by `model.flops.train_flops_per_token` (6N + causal attention): "
             f"{flops / 1e9:.1f} GFLOP per step.\n\n"
             f"| implementation | tokens/s | achieved GFLOP/s | share of measured fp32 matmul peak |\n|---|---|---|---|\n"
             f"| jax_distill (jit, XLA) | {tok / t_ours:,.0f} | {flops / t_ours / 1e9:,.0f} | "

@@ -96,7 +96,7 @@ def run_demo(d: DemoConfig) -> dict[str, Any]:
 
         r = evaluate(heldout, generate_fn=gen, tokenizer=tok, benchmark=f"demo-heldout ({name})",
                      max_new_tokens=d.max_new_tokens, prompt_template="{problem}", out_dir=out / "eval" / name,
-                     batch_size=len(heldout), progress=d.progress)
+                     batch_size=len(heldout), progress=d.progress, continuous=False)
         evals[name] = r["pass@1"]
         print(f"held-out accuracy {name}: {r['pass@1']:.1%}")
 

@@ -20,7 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64, help="prompts sampled together")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="decode slots (continuous batching) or prompts per batch (--static-batching)")
+    p.add_argument("--static-batching", action="store_true",
+                   help="sample in fixed batches, each run to its longest sample (default: continuous batching, a "
+                        "slot takes the next sample as soon as its sample stops; the samples are the same)")
+    p.add_argument("--cache-dtype", help="KV cache dtype (default: the compute dtype)")
     p.add_argument("--limit", type=int, help="only the first N problems")
     p.add_argument("--prompt-template", help="user turn; {problem} is replaced (default: Qwen2.5-Math CoT prompt)")
     p.add_argument("--dtype", default="bfloat16", help="compute dtype for sampling")
@@ -35,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from jax_distill.eval.evaluate import DEFAULT_TEMPLATE, evaluate
     from jax_distill.eval.evaluate import results_markdown
     from jax_distill.manifest import write_manifest
+    from jax_distill.sample.engine import Engine
     from jax_distill.train.checkpoint import load_any
     from jax_distill.sample.sampler import generate
 
@@ -42,11 +48,16 @@ def run(args: argparse.Namespace) -> int:
     tok = load_tokenizer(args.tokenizer) if args.tokenizer else None  # a bad --tokenizer fails before the model loads
     model = load_any(args.model, "float32", compute_dtype=args.dtype)
     tok = tok or load_tokenizer(args.model)
-    gen = functools.partial(generate, model, stop_ids=tok.stop_ids, pad_id=tok.pad_id)
+    if args.static_batching:
+        gen = functools.partial(generate, model, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
+                                cache_dtype=args.cache_dtype)
+    else:
+        engine = Engine(model, slots=args.batch_size, cache_dtype=args.cache_dtype)
+        gen = functools.partial(engine.generate, stop_ids=tok.stop_ids, pad_id=tok.pad_id)
     results = evaluate(problems, generate_fn=gen, tokenizer=tok, benchmark=args.benchmark, n_samples=args.n_samples,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                        top_k=args.top_k, seed=args.seed, prompt_template=args.prompt_template or DEFAULT_TEMPLATE,
-                       out_dir=args.out, batch_size=args.batch_size)
+                       out_dir=args.out, batch_size=args.batch_size, continuous=not args.static_batching)
     data_files = []
     if args.data:
         from jax_distill.data.sources import sha256_file

@@ -66,12 +66,18 @@ def results_markdown(name: str, r: dict[str, Any]) -> str:
 def evaluate(problems: Sequence[Problem], *, generate_fn: GenerateFn, tokenizer: Any, benchmark: str = "custom",
              n_samples: int = 1, max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float = 1.0,
              top_k: int = 0, seed: int = 0, prompt_template: str = DEFAULT_TEMPLATE, out_dir: str | Path | None = None,
-             budgets: Sequence[int] | None = None, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+             budgets: Sequence[int] | None = None, batch_size: int = 64, progress: bool = True,
+             continuous: bool = True) -> dict[str, Any]:
     """Sample ``n_samples`` completions for each problem and grade them.
 
     ``generate_fn(prompt_ids, max_new_tokens=, temperature=, top_p=, top_k=, seed=[...])`` returns generated ids
     (prompt and stop token excluded). Sample j of problem i uses seed ``seed + i * n_samples + j``, so results do not
     depend on the batch size. A sample that reaches ``max_new_tokens`` without a stop counts as truncated.
+    ``continuous`` (default): every sample goes to ``generate_fn`` in one call, with ``on_done=`` (called with each
+    finished sample's index, for progress), and ``generate_fn`` schedules them itself: continuous batching, e.g.
+    `sample.engine.Engine(model, slots=batch_size).generate`, where a slot takes the next sample as soon as its
+    sample stops. False: calls of ``batch_size`` samples (static batching, e.g. `sample.sampler.generate`). The
+    samples are the same either way.
     """
     from tqdm.auto import tqdm
 
@@ -85,14 +91,17 @@ def evaluate(problems: Sequence[Problem], *, generate_fn: GenerateFn, tokenizer:
     index_of = {p.index: i for i, p in enumerate(problems)}
     completions = []
     bar = tqdm(total=len(jobs), desc=f"sampling {benchmark}", unit="sample", disable=not progress)
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
+    step = max(1, len(jobs)) if continuous else batch_size
+    for start in range(0, len(jobs), step):
+        chunk = jobs[start:start + step]
+        extra = {"on_done": lambda _i: bar.update(1)} if continuous else {}
         outs = generate_fn([c[1] for c in chunk], max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_p=top_p, top_k=top_k, seed=[c[2] for c in chunk])
+                           top_p=top_p, top_k=top_k, seed=[c[2] for c in chunk], **extra)
         for (pidx, _, s), ids in zip(chunk, outs):
             n_tok = len(ids) if len(ids) < max_new_tokens else max_new_tokens + 1  # truncated: over every budget
             completions.append((index_of[pidx], tokenizer.decode(ids), n_tok, s))
-        bar.update(len(chunk))
+        if not continuous:
+            bar.update(len(chunk))
     bar.close()
     samples = grade_completions(list(problems), [(i, t, n) for i, t, n, _ in completions])
     for s, (_, _, _, sd) in zip(samples, completions):

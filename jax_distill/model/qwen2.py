@@ -86,8 +86,9 @@ class KVCache(NamedTuple):
     k, v: either one stacked array [layers, B, kv_heads, T, head_dim] (carried through the layer scan and updated in
     place) or a tuple of per-layer arrays [B, kv_heads, T, head_dim] (layers unrolled; each buffer updated in place,
     which on CPU avoids copying a layer's slice out of the stack every step). Compute dtype.
-    segment_ids int32 [B, T] (0 = empty/padding); index: int32 scalar, the next slot to write (same for every row:
-    prompts are left-padded to a common length).
+    segment_ids int32 [B, T] (0 = empty/padding); index: the next slot to write, either an int32 scalar (same for
+    every row: prompts left-padded to a common length) or int32 [B], one write position per row (continuous batching:
+    each row holds its own request, started at its own time).
     """
 
     k: jax.Array | tuple[jax.Array, ...]
@@ -96,8 +97,8 @@ class KVCache(NamedTuple):
     index: jax.Array
 
     @classmethod
-    def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
-        """An empty cache: stacked when ``cfg.scan_layers``, else one buffer per layer."""
+    def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None, per_row: bool = False) -> KVCache:
+        """An empty cache: stacked when ``cfg.scan_layers``, else one buffer per layer; ``per_row``: an index per row."""
         dtype = dtype or jnp.dtype(cfg.dtype)
         shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
         if not cfg.scan_layers:
@@ -106,7 +107,7 @@ class KVCache(NamedTuple):
         else:
             k = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
             v = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
-        return cls(k, v, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32))
+        return cls(k, v, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((batch,) if per_row else (), jnp.int32))
 
 
 CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")  # the stacked form
@@ -114,7 +115,17 @@ CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")  # the sta
 
 def _cache_write(buf: jax.Array, new: jax.Array, index: jax.Array, layer: jax.Array | None):
     """Write new keys or values [B, S, K, hd] at slot ``index`` of a cache buffer; returns (buffer, this layer's
-    [B, K, T, hd] view). ``layer`` None: ``buf`` is one layer's [B, K, T, hd]; else the stack [L, B, K, T, hd]."""
+    [B, K, T, hd] view). ``layer`` None: ``buf`` is one layer's [B, K, T, hd]; else the stack [L, B, K, T, hd].
+    ``index`` int32 [B] (per-row positions): row r's S new entries go to slots index[r]..index[r]+S-1 (one scatter)."""
+    if index.ndim == 1:
+        rows = jnp.arange(new.shape[0])[:, None]
+        slots = index[:, None] + jnp.arange(new.shape[1])  # [B, S]; the indexed view below is [B, S, K, hd]
+        new = new.astype(buf.dtype)
+        if layer is None:
+            buf = buf.at[rows, :, slots].set(new, mode="drop")  # slots past the end write nothing
+            return buf, buf
+        buf = buf.at[layer, rows, :, slots].set(new, mode="drop")
+        return buf, jax.lax.dynamic_index_in_dim(buf, layer, keepdims=False)
     new = new.swapaxes(1, 2).astype(buf.dtype)
     if layer is None:
         buf = jax.lax.dynamic_update_slice(buf, new, (0, 0, index, 0))
@@ -272,8 +283,12 @@ class Qwen2ForCausalLM(nnx.Module):
                     x, _ = body(x, jax.tree.map(lambda p: p[i], weights))
             new_cache = None
         else:
-            kv_seg = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache.index))
-            q_slots = cache.index + jnp.arange(s, dtype=jnp.int32)
+            if cache.index.ndim == 1:  # per-row write positions
+                q_slots = cache.index[:, None] + jnp.arange(s, dtype=jnp.int32)  # [B, S]
+                kv_seg = cache.segment_ids.at[jnp.arange(b)[:, None], q_slots].set(segment_ids, mode="drop")
+            else:
+                q_slots = cache.index + jnp.arange(s, dtype=jnp.int32)
+                kv_seg = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache.index))
             mask = make_mask(segment_ids, kv_seg, q_slots, jnp.arange(kv_seg.shape[1], dtype=jnp.int32))
             if isinstance(cache.k, tuple):  # per-layer buffers, layers unrolled
                 ks, vs = [], []

@@ -29,53 +29,103 @@ def bucket(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << max(0, int(n - 1).bit_length()))
 
 
+# top-p alone: the nucleus is looked for among the top NUCLEUS_CAP tokens (`lax.top_k`, no vocabulary sort); a step
+# where some row's nucleus is larger falls back to a full sort for that step. Same tokens either way.
+NUCLEUS_CAP = 256
+
+
+def filter_cap(top_p: float, top_k: int) -> int:
+    """Static candidate count for :func:`sample_logits`: top_k when set, else NUCLEUS_CAP (top-p alone), 0 when off."""
+    return int(top_k) if top_k > 0 else (NUCLEUS_CAP if top_p < 1.0 else 0)
+
+
+def _first_above(cum: jax.Array, target: jax.Array, last: jax.Array) -> jax.Array:
+    """Per row, the first index i with cum[i] > target (cum non-decreasing), at most ``last``."""
+    return jnp.minimum(jnp.sum(cum <= target[:, None], axis=-1), last).astype(jnp.int32)
+
+
+def _draw_from_top(scaled: jax.Array, lse: jax.Array, u: jax.Array, top_p: jax.Array, top_k: jax.Array, c: int):
+    """Draw among the top ``c`` tokens: top-k and nucleus on the sorted candidates, then the inverse CDF at ``u``.
+    Returns (tokens [B], covered [B]: the kept set lies inside the top c, so the draw is the full-vocabulary one)."""
+    v = scaled.shape[-1]
+    vals, idx = jax.lax.top_k(scaled, c)  # descending
+    probs = jnp.exp(vals - lse[:, None])
+    cum = jnp.cumsum(probs, axis=-1)
+    k = jnp.where(top_k > 0, top_k, v)
+    keep = (jnp.arange(c)[None, :] < k) & (cum - probs < top_p)  # keep a token if the mass before it is < top_p
+    keep = keep.at[:, 0].set(True)  # a prefix of the sorted candidates, never empty
+    n_keep = jnp.sum(keep, axis=-1)
+    total = jnp.take_along_axis(cum, (n_keep - 1)[:, None], axis=-1)[:, 0]
+    j = _first_above(cum, u * total, n_keep - 1)
+    covered = (k <= c) | (cum[:, -1] >= top_p)
+    return jnp.take_along_axis(idx, j[:, None], axis=-1)[:, 0].astype(jnp.int32), covered
+
+
 def sample_logits(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array,
-                  *, use_filter: bool) -> jax.Array:
+                  *, use_filter: bool, cap: int = 0, greedy_only: bool = False) -> jax.Array:
     """Next tokens int32 [B] from float32 logits [B, V].
 
-    temperature 0 means greedy. ``keys`` [B] are per-row PRNG keys (a row's draw does not depend on its batch mates).
-    With ``use_filter``: top-k (0 = off) and nucleus top-p (1.0 = off) are applied on one descending sort.
+    temperature 0 means greedy (``greedy_only``: every row is greedy, nothing else is computed). ``keys`` [B] are
+    per-row PRNG keys: row r draws one uniform u_r and takes the first token whose cumulative probability exceeds it
+    (inverse CDF), so a row's draw does not depend on its batch mates. With ``use_filter``: top-k (0 = off) and nucleus
+    top-p (1.0 = off, mass measured on the full distribution), on candidates sorted by probability. ``cap`` > 0: the
+    candidates are the top ``cap`` tokens (`lax.top_k`, no vocabulary sort; `filter_cap` picks it), with an exact
+    fallback to the full sort on a step where some row's kept set is not inside them; 0: always the full sort.
     """
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if greedy_only:
+        return greedy
     scaled = logits / jnp.maximum(temperature, 1e-6)
-    if use_filter:
-        order = jnp.argsort(-scaled, axis=-1)
-        sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
-        v = logits.shape[-1]
-        rank = jnp.arange(v)[None, :]
-        k = jnp.where(top_k > 0, top_k, v)
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        cum_before = jnp.cumsum(probs, axis=-1) - probs  # keep a token if the mass before it is < top_p
-        keep_sorted = (rank < k) & (cum_before < top_p)
-        keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
-        scaled = jnp.where(keep, scaled, -jnp.inf)
-    drawn = jax.vmap(lambda k_, l_: jax.random.categorical(k_, l_))(keys, scaled).astype(jnp.int32)
+    u = jax.vmap(lambda k_: jax.random.uniform(k_, (), jnp.float32))(keys)
+    v = logits.shape[-1]
+    if not use_filter:  # inverse CDF in vocabulary order
+        probs = jax.nn.softmax(scaled, axis=-1)
+        cum = jnp.cumsum(probs, axis=-1)
+        drawn = _first_above(cum, u * cum[:, -1], jnp.int32(v - 1))
+    else:
+        lse = jax.nn.logsumexp(scaled, axis=-1)
+        if cap <= 0 or cap >= v:
+            drawn, _ = _draw_from_top(scaled, lse, u, top_p, top_k, v)
+        else:
+            drawn, covered = _draw_from_top(scaled, lse, u, top_p, top_k, cap)
+            drawn = jax.lax.cond(jnp.all(covered), lambda: drawn,
+                                 lambda: _draw_from_top(scaled, lse, u, top_p, top_k, v)[0])
     return jnp.where(temperature > 0, drawn, greedy)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "use_filter", "cache_sharding"))
+def last_logits(model: Qwen2ForCausalLM, hidden: jax.Array, last: jax.Array) -> jax.Array:
+    """float32 logits [B, V] at position ``last`` [B] of each row of final hidden states [B, S, D] (the prefill's
+    next-token logits, without the [B, S, V] of every prompt position)."""
+    h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+    return jnp.einsum("bd,dv->bv", h, model.head_weight(), preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "use_filter", "cap", "greedy_only",
+                                             "cache_sharding", "cache_dtype"))
 def _generate_padded(graphdef: Any, params: Any, tokens: jax.Array, segment_ids: jax.Array, row_seeds: jax.Array,
                      stop_ids: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array, *,
-                     max_new_tokens: int, use_filter: bool, cache_sharding: Any = None):
+                     max_new_tokens: int, use_filter: bool, cap: int = 0, greedy_only: bool = False,
+                     cache_sharding: Any = None, cache_dtype: Any = None):
     """tokens/segment_ids int32 [B, P] left-padded; returns generated ids int32 [B, max_new_tokens] (-1 after stop)."""
     model: Qwen2ForCausalLM = nnx.merge(graphdef, params)
     cfg = model.config
     b, p = tokens.shape
     positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0).astype(jnp.int32)
-    cache = KVCache.zeros(cfg, b, p + max_new_tokens)  # per-layer buffers when the layers are unrolled
+    cache = KVCache.zeros(cfg, b, p + max_new_tokens, cache_dtype)  # per-layer buffers when layers are unrolled
     if cache_sharding is not None:
         pin = functools.partial(jax.lax.with_sharding_constraint, shardings=cache_sharding)
         cache = cache._replace(k=jax.tree.map(pin, cache.k), v=jax.tree.map(pin, cache.v))
     # Sliced once here, not on every step inside the loop (see Qwen2ForCausalLM.layer_weights).
     layer_weights = model.layer_weights() if isinstance(cache.k, tuple) else None
-    logits, cache = model(tokens, positions, segment_ids, cache, layer_weights)
+    hidden, cache = model.hidden_states(tokens, positions, segment_ids, cache, layer_weights)
     base_keys = jax.vmap(jax.random.key)(row_seeds)
 
     def pick(step_logits, step):
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(base_keys, step)
-        return sample_logits(step_logits, keys, temperature, top_p, top_k, use_filter=use_filter)
+        return sample_logits(step_logits, keys, temperature, top_p, top_k, use_filter=use_filter, cap=cap,
+                             greedy_only=greedy_only)
 
-    first = pick(logits[:, -1], 0)
+    first = pick(last_logits(model, hidden, jnp.full((b,), p - 1, jnp.int32)), 0)
     out = jnp.full((b, max_new_tokens), -1, jnp.int32).at[:, 0].set(first)
     done = jnp.isin(first, stop_ids)
     next_pos = positions[:, -1] + 1
@@ -101,7 +151,7 @@ def _generate_padded(graphdef: Any, params: Any, tokens: jax.Array, segment_ids:
 def generate(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]], max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] = 0,
              stop_ids: Sequence[int] | None = None, pad_id: int = 0, mesh: Mesh | None = None,
-             unroll_layers: bool = True) -> list[list[int]]:
+             unroll_layers: bool = True, cache_dtype: Any = None) -> list[list[int]]:
     """Sample continuations for a batch of prompts.
 
     prompt_token_ids: list of token-id lists (any lengths). ``seed``: one int (row i uses seed + i) or one per row,
@@ -111,7 +161,8 @@ def generate(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]],
     ``unroll_layers``: decode with the layers unrolled and one cache buffer per layer, each updated in place (the
     fastest step; it holds a per-layer copy of the decoder weights while sampling); False keeps the layer scan with
     the stacked cache in its carry, compiling one layer body, for very deep models where compile time or weight
-    memory matters more.
+    memory matters more. ``cache_dtype``: KV cache dtype (default: the compute dtype; e.g. "bfloat16" halves the
+    cache's memory and the bytes each step reads).
     """
     if not prompt_token_ids:
         return []
@@ -145,7 +196,9 @@ def generate(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]],
     out = _generate_padded(graphdef, params, jnp.asarray(tokens), jnp.asarray(seg), jnp.asarray(row_seeds),
                            jnp.asarray(stops, jnp.int32), jnp.float32(temperature), jnp.float32(top_p),
                            jnp.int32(top_k), max_new_tokens=int(max_new_tokens),
-                           use_filter=bool(top_k > 0 or top_p < 1.0), cache_sharding=cache_sharding)
+                           use_filter=bool(top_k > 0 or top_p < 1.0), cap=filter_cap(top_p, top_k),
+                           greedy_only=temperature <= 0, cache_sharding=cache_sharding,
+                           cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype))
     out = np.asarray(jax.device_get(out))[:n]
     result = []
     stop_set = set(stops)

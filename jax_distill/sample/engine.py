@@ -1,0 +1,363 @@
+"""Continuous batching: a fixed number of decode slots, each refilled with the next pending request when its row stops.
+
+Static batching (`sampler.generate`) decodes a batch until its longest row stops: with long-CoT lengths (a few
+samples run to the budget, most stop far earlier) most of each batch's steps feed finished rows. Here every row owns
+its request: when a row emits a stop token or reaches its own token budget, its slot is prefilled in place with the
+next pending (problem, sample) request, until all work is done.
+
+Pieces (each a jitted function with static shapes; the host loop between them only schedules):
+
+- ``_prefill``: the distinct prompts of the requests about to start, right-padded to a bucketed length, run through
+  the model into a fresh cache. A prompt is prefilled once however many samples are drawn from it (eval draws
+  n_samples per problem); its keys/values and next-token logits are kept until its last request has started.
+- ``_insert``: copies a prompt's keys/values into the rows of the slots that start from it (row reset: segment ids
+  beyond the prompt are 0, so nothing of the slot's previous request stays visible) and draws each request's first
+  token with its own seed.
+- ``_decode``: up to ``chunk_steps`` decode steps in a `lax.while_loop`, leaving early once enough rows have
+  stopped to be worth refilling; finished rows idle (they neither advance nor emit) until the host refills them.
+- The KV cache keeps one write position per row (``KVCache.index`` [B]). Row r's prompt sits at slots 0..len-1, so a
+  row's position is its write slot. The cache's length follows the longest live row (length buckets, 2 per octave):
+  decode attention reads only the filled part of the cache instead of the whole budget.
+- When nothing is pending and at most half the rows are live, the live rows are gathered into a smaller batch
+  (power-of-two buckets), so the tail of long samples does not carry finished rows.
+
+Sampling is `sampler.sample_logits` with the same per-row keys as `generate` (``fold_in(key(seed), step)``, step =
+index of the generated token), so every sample is what `generate([prompt], seed=[s], max_new_tokens=budget)` gives.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_distill.model.qwen2 import KVCache, Qwen2ForCausalLM, with_config
+from jax_distill.sample.sampler import DEFAULT_STOP_IDS, bucket, filter_cap, last_logits, sample_logits
+
+
+class _Rows(NamedTuple):
+    """Per-slot decode state, all [B]."""
+
+    last: jax.Array  # int32, the last generated token (the next step's input)
+    step: jax.Array  # int32, tokens generated so far (the fold_in index of the next draw)
+    budget: jax.Array  # int32, the request's max_new_tokens
+    seed: jax.Array  # uint32
+    done: jax.Array  # bool: stopped, or an empty slot
+
+
+class _Sampling(NamedTuple):
+    """Traced sampling parameters (one value for the whole run)."""
+
+    stop_ids: jax.Array
+    temperature: jax.Array
+    top_p: jax.Array
+    top_k: jax.Array
+
+
+def window_bucket(n: int, minimum: int = 64) -> int:
+    """Cache length for ``n`` needed slots: the smallest 2^k or 1.5 * 2^k >= max(n, minimum) (<= 33% slack)."""
+    n = max(n, minimum)
+    p = 1 << (n - 1).bit_length()
+    return 3 * p // 4 if 3 * p // 4 >= n else p
+
+
+def _pick(logits, sp: _Sampling, seeds, steps, opts):
+    keys = jax.vmap(lambda s, t: jax.random.fold_in(jax.random.key(s), t))(seeds, steps)
+    use_filter, cap, greedy_only = opts
+    return sample_logits(logits, keys, sp.temperature, sp.top_p, sp.top_k, use_filter=use_filter, cap=cap,
+                         greedy_only=greedy_only)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _layer_weights(graphdef, params):
+    return nnx.merge(graphdef, params).layer_weights()
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "kv_dtype"))
+def _prefill(graphdef, params, layer_weights, tokens, lens, *, kv_dtype):
+    """Run distinct prompts (tokens int32 [n, P], right-padded; lens [n]) into a fresh [n, P] cache. Returns (keys,
+    values, float32 next-token logits [n, V]). Compiled per (n, P) only: `_insert` places rows in the big cache."""
+    model: Qwen2ForCausalLM = nnx.merge(graphdef, params)
+    n, p = tokens.shape
+    seg = (jnp.arange(p)[None, :] < lens[:, None]).astype(jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (n, p))
+    fresh = KVCache.zeros(model.config, n, p, kv_dtype)
+    hidden, fresh = model.hidden_states(tokens, positions, seg, fresh, layer_weights)
+    return fresh.k, fresh.v, last_logits(model, hidden, lens - 1)
+
+
+@functools.partial(jax.jit, static_argnames=("opts",), donate_argnames=("cache", "rows"))
+def _insert(cache: KVCache, rows: _Rows, k, v, logits, src, lens, slots, seeds, budgets, sp: _Sampling, *, opts):
+    """Start requests in slots from prefilled prompts: request j takes prompt row ``src[j]`` of (k, v, logits) into
+    slot ``slots[j]`` (out of range, for filler entries: nothing is written) and draws its first token with its own
+    seed. The slot's row is reset (segment ids beyond the prompt are 0, so nothing of its previous request stays
+    visible). Returns (cache, rows, first tokens [n], done [n]: requests finished by their first token)."""
+    p = jax.tree.leaves(k)[0].shape[-2]
+    t = cache.segment_ids.shape[1]
+    first = _pick(logits[src], sp, seeds, jnp.zeros_like(lens), opts)
+    if isinstance(cache.k, tuple):  # per-layer [B, K, T, hd]
+
+        def put(big, new):
+            return big.at[slots, :, :p].set(new[src], mode="drop")
+    else:  # stacked [L, B, K, T, hd]
+
+        def put(big, new):
+            return big.at[:, slots, :, :p].set(new[:, src], mode="drop")
+
+    seg = (jnp.arange(t)[None, :] < lens[:, None]).astype(jnp.int32)
+    cache = KVCache(jax.tree.map(put, cache.k, k), jax.tree.map(put, cache.v, v),
+                    cache.segment_ids.at[slots].set(seg, mode="drop"), cache.index.at[slots].set(lens, mode="drop"))
+    done = jnp.isin(first, sp.stop_ids) | (budgets <= 1)
+    rows = _Rows(rows.last.at[slots].set(first, mode="drop"),
+                 rows.step.at[slots].set(jnp.ones_like(lens), mode="drop"),
+                 rows.budget.at[slots].set(budgets, mode="drop"),
+                 rows.seed.at[slots].set(seeds, mode="drop"),
+                 rows.done.at[slots].set(done, mode="drop"))
+    return cache, rows, first, done
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "opts"), donate_argnames=("cache", "rows"))
+def _decode(graphdef, params, layer_weights, cache: KVCache, rows: _Rows, sp: _Sampling, exit_at, *, steps, opts):
+    """Up to ``steps`` decode steps; stops early when all rows are done or at least ``exit_at`` are.
+    Returns (cache, rows, tokens int32 [B, steps]: each step's token per row, -1 where the row was done)."""
+    model: Qwen2ForCausalLM = nnx.merge(graphdef, params)
+    b = rows.last.shape[0]
+    ones = jnp.ones((b, 1), jnp.int32)
+
+    def cond(c):
+        i, _, rows, _ = c
+        n_done = jnp.sum(rows.done.astype(jnp.int32))
+        return (i < steps) & (n_done < exit_at) & (n_done < b)
+
+    def body(c):
+        i, cache, rows, out = c
+        active = ~rows.done
+        logits, new = model(rows.last[:, None], cache.index[:, None], ones, cache, layer_weights)
+        tok = jnp.where(active, _pick(logits[:, 0], sp, rows.seed, rows.step, opts), -1)
+        out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, i))
+        step = rows.step + active.astype(jnp.int32)
+        done = rows.done | (active & (jnp.isin(tok, sp.stop_ids) | (step >= rows.budget)))
+        new = new._replace(index=jnp.where(active, new.index, cache.index))  # finished rows stay put
+        return i + 1, new, _Rows(jnp.where(active, tok, rows.last), step, rows.budget, rows.seed, done), out
+
+    out = jnp.full((b, steps), -1, jnp.int32)
+    _, cache, rows, out = jax.lax.while_loop(cond, body, (jnp.int32(0), cache, rows, out))
+    return cache, rows, out
+
+
+@functools.partial(jax.jit, static_argnames=("length",))
+def _resize(cache: KVCache, *, length: int) -> KVCache:
+    """The cache with its slot axis cut or zero-padded to ``length`` (callers keep every live slot below it)."""
+
+    def fit(a, axis):
+        t = a.shape[axis]
+        if length <= t:
+            return jax.lax.slice_in_dim(a, 0, length, axis=axis)
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (0, length - t)
+        return jnp.pad(a, pad)
+
+    k = jax.tree.map(lambda a: fit(a, a.ndim - 2), cache.k)
+    v = jax.tree.map(lambda a: fit(a, a.ndim - 2), cache.v)
+    return KVCache(k, v, fit(cache.segment_ids, 1), cache.index)
+
+
+@jax.jit
+def _take_rows(cache: KVCache, rows: _Rows, idx) -> tuple[KVCache, _Rows]:
+    """Rows ``idx`` of the cache and state (a smaller batch)."""
+    axis = 1 if not isinstance(cache.k, tuple) else 0
+    k = jax.tree.map(lambda a: jnp.take(a, idx, axis=axis), cache.k)
+    v = jax.tree.map(lambda a: jnp.take(a, idx, axis=axis), cache.v)
+    return (KVCache(k, v, cache.segment_ids[idx], cache.index[idx]), jax.tree.map(lambda a: a[idx], rows))
+
+
+class Engine:
+    """Continuous-batching sampler for one model; reusable across calls (the compiled functions are cached by shape).
+
+    ``slots``: rows decoded together. ``chunk_steps``: decode steps per device call at most (the host refills between
+    calls). ``cache_dtype``: KV cache dtype (default the compute dtype; "bfloat16" halves cache memory and bytes read
+    per step). ``unroll_layers``: as in `generate` (one cache buffer per layer; holds a per-layer copy of the decoder
+    weights for the engine's lifetime); False keeps the layer scan and the stacked cache. ``compact``: gather the live
+    rows into a smaller batch when nothing is pending and at most half the slots are live. ``min_window``: the
+    smallest cache length.
+    """
+
+    def __init__(self, model: Qwen2ForCausalLM, *, slots: int = 64, chunk_steps: int = 64, cache_dtype: Any = None,
+                 unroll_layers: bool = True, compact: bool = True, min_window: int = 64):
+        if slots < 1 or chunk_steps < 1:
+            raise ValueError("slots and chunk_steps must be >= 1")
+        if model.config.scan_layers == unroll_layers:
+            model = with_config(model, scan_layers=not unroll_layers)
+        self.model = model
+        self.graphdef, self.params = nnx.split(model)
+        self.layer_weights = _layer_weights(self.graphdef, self.params) if unroll_layers else None
+        self.slots, self.chunk_steps, self.compact, self.min_window = slots, chunk_steps, compact, min_window
+        self.cache_dtype = jnp.dtype(cache_dtype or model.config.dtype)
+        self.stats: dict[str, float] = {}  # the last call's: device calls, steps, rows, seconds in prefill/decode
+
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int] = 256,
+                 temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] = 0,
+                 stop_ids: Sequence[int] | None = None, pad_id: int = 0,
+                 on_done: Callable[[int], None] | None = None) -> list[list[int]]:
+        """Like `sampler.generate` (same arguments and results, request for request), but scheduled over the slots.
+
+        ``max_new_tokens``: one budget, or one per request. ``on_done(i)`` is called as request i finishes.
+        """
+        n = len(prompt_token_ids)
+        if n == 0:
+            return []
+        if any(len(p) == 0 for p in prompt_token_ids):
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        seeds = [seed + i for i in range(n)] if isinstance(seed, int) else list(seed)
+        budgets = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(b) for b in max_new_tokens]
+        if len(seeds) != n or len(budgets) != n:
+            raise ValueError(f"{len(seeds)} seeds and {len(budgets)} budgets for {n} prompts")
+        if min(budgets) < 1:
+            raise ValueError("every max_new_tokens must be >= 1")
+        stops = list(DEFAULT_STOP_IDS if stop_ids is None else stop_ids) or [-2]
+        stop_set = set(stops)
+        sp = _Sampling(jnp.asarray(stops, jnp.int32), jnp.float32(temperature), jnp.float32(top_p), jnp.int32(top_k))
+        opts = (bool(top_k > 0 or top_p < 1.0), filter_cap(top_p, top_k), temperature <= 0)
+        stats: collections.Counter = collections.Counter()
+        seconds: collections.Counter = collections.Counter()
+
+        b = min(self.slots, bucket(n, minimum=1))
+        cfg = self.model.config
+        cache = KVCache.zeros(cfg, b, self.min_window, self.cache_dtype, per_row=True)
+        rows = _Rows(jnp.zeros(b, jnp.int32), jnp.zeros(b, jnp.int32), jnp.ones(b, jnp.int32),
+                     jnp.zeros(b, jnp.uint32), jnp.ones(b, bool))
+        slot_req = np.full(b, -1, np.int64)  # request held by each slot, -1 = free
+        index = np.zeros(b, np.int64)  # host copies of each row's write slot and generated count
+        step = np.zeros(b, np.int64)
+        pending = collections.deque(range(n))
+        keys = [tuple(int(t) for t in x) for x in prompt_token_ids]
+        uses = collections.Counter(keys)  # requests not yet started, per distinct prompt
+        prefilled: dict[tuple[int, ...], tuple[Any, int]] = {}  # prompt -> ((k, v, logits) of its prefill, row)
+        out_ids: list[list[int]] = [[] for _ in range(n)]
+        results: list[list[int] | None] = [None] * n
+
+        def finish(s: int) -> None:
+            r = int(slot_req[s])
+            ids = out_ids[r]
+            if ids and ids[-1] in stop_set:
+                ids.pop()
+            results[r] = ids
+            slot_req[s] = -1
+            if on_done is not None:
+                on_done(r)
+
+        def fit(length: int, shrink: bool) -> None:
+            """Grow the cache to hold ``length`` slots; with ``shrink``, also cut it when half of it would do."""
+            nonlocal cache
+            t = cache.segment_ids.shape[1]
+            if length > t or (shrink and window_bucket(length, self.min_window) * 2 <= t):
+                cache = _resize(cache, length=window_bucket(length, self.min_window))
+                stats["resizes"] += 1
+
+        while pending or (slot_req >= 0).any():
+            # 1. Refill free slots with pending requests: prefill the prompts not yet prefilled (once per distinct
+            #    prompt: the samples of a problem share it), then start each request from its prompt's rows.
+            free = [s for s in range(b) if slot_req[s] < 0]
+            while pending and free:
+                group = [pending.popleft() for _ in range(min(len(free), len(pending)))]
+                gslots, free = free[:len(group)], free[len(group):]
+                t0 = time.perf_counter()
+                new = list(dict.fromkeys(keys[r] for r in group if keys[r] not in prefilled))
+                if new:
+                    p = window_bucket(max(len(x) for x in new), 16)
+                    nb = bucket(len(new), minimum=1)
+                    tokens = np.full((nb, p), pad_id, np.int32)
+                    lens = np.ones(nb, np.int32)
+                    for j, x in enumerate(new):
+                        tokens[j, :len(x)], lens[j] = x, len(x)
+                    prefill = _prefill(self.graphdef, self.params, self.layer_weights, jnp.asarray(tokens),
+                                       jnp.asarray(lens), kv_dtype=self.cache_dtype)
+                    for j, x in enumerate(new):
+                        prefilled[x] = (prefill, j)
+                    stats["prefills"] += 1
+                    stats["prefill_rows"] += len(new)
+                by_prefill: dict[int, list[tuple[int, int]]] = {}
+                for r, s in zip(group, gslots):
+                    by_prefill.setdefault(id(prefilled[keys[r]][0]), []).append((r, s))
+                for starts in by_prefill.values():
+                    (k, v, logits), _ = prefilled[keys[starts[0][0]]]
+                    fit(max([jax.tree.leaves(k)[0].shape[-2]] + [int(i) for i in index[slot_req >= 0]]), shrink=False)
+                    m = bucket(len(starts), minimum=1)
+                    src, lens, slots_arr = np.zeros(m, np.int32), np.ones(m, np.int32), np.full(m, b, np.int32)
+                    seeds_arr, budgets_arr = np.zeros(m, np.uint32), np.ones(m, np.int32)
+                    for j, (r, s) in enumerate(starts):
+                        src[j] = prefilled[keys[r]][1]
+                        lens[j], slots_arr[j], seeds_arr[j], budgets_arr[j] = len(keys[r]), s, seeds[r], budgets[r]
+                    cache, rows, first, fdone = _insert(
+                        cache, rows, k, v, logits, jnp.asarray(src), jnp.asarray(lens), jnp.asarray(slots_arr),
+                        jnp.asarray(seeds_arr), jnp.asarray(budgets_arr), sp, opts=opts)
+                    first, fdone = jax.device_get((first, fdone))
+                    for j, (r, s) in enumerate(starts):
+                        slot_req[s], index[s], step[s] = r, lens[j], 1
+                        out_ids[r].append(int(first[j]))
+                        uses[keys[r]] -= 1
+                        if not uses[keys[r]]:  # no pending request needs this prompt any more
+                            del prefilled[keys[r]]
+                        if fdone[j]:
+                            finish(s)
+                            free.append(s)
+                seconds["prefill"] += time.perf_counter() - t0
+            live = slot_req >= 0
+            if not live.any():
+                continue
+            # 2. Nothing left to start: gather the live rows into a smaller batch.
+            if self.compact and not pending and b > 1 and live.sum() <= b // 2:
+                nb = bucket(int(live.sum()), minimum=1)
+                idx = np.concatenate([np.flatnonzero(live), np.flatnonzero(~live)])[:nb]
+                cache, rows = _take_rows(cache, rows, jnp.asarray(idx, jnp.int32))
+                slot_req, index, step, b = slot_req[idx], index[idx], step[idx], nb
+                live = slot_req >= 0
+                stats["compactions"] += 1
+            # 3. Cache long enough for every live row's next chunk (and no longer than needed).
+            need = [int(index[s]) + min(self.chunk_steps, budgets[slot_req[s]] - int(step[s]))
+                    for s in np.flatnonzero(live)]
+            fit(max(need), shrink=True)
+            # 4. Decode until enough rows stopped to refill (or to compact), or chunk_steps.
+            if pending:
+                exit_at = 1
+            elif self.compact and b > 1:
+                exit_at = b - b // 2
+            else:
+                exit_at = b
+            t0 = time.perf_counter()
+            cache, rows, out = _decode(self.graphdef, self.params, self.layer_weights, cache, rows, sp,
+                                       jnp.int32(exit_at), steps=self.chunk_steps, opts=opts)
+            out, done, idx_d, step_d = jax.device_get((out, rows.done, cache.index, rows.step))
+            seconds["decode"] += time.perf_counter() - t0
+            stats["decode_calls"] += 1
+            ran = int((out >= 0).any(axis=0).sum())
+            stats["decode_steps"] += ran
+            stats["row_steps"] += ran * b  # slots carried, live or not
+            stats["useful_row_steps"] += int((out >= 0).sum())
+            index, step = idx_d.astype(np.int64), step_d.astype(np.int64)
+            for s in np.flatnonzero(live):
+                toks = out[s]
+                out_ids[slot_req[s]].extend(int(t) for t in toks[toks >= 0])
+                if done[s]:
+                    finish(s)
+        self.stats = dict(stats) | {f"{k}_s": round(v, 3) for k, v in seconds.items()}
+        return [r if r is not None else [] for r in results]
+
+
+def generate_continuous(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]],
+                        max_new_tokens: int | Sequence[int] = 256, temperature: float = 0.0, top_p: float = 1.0,
+                        top_k: int = 0, seed: int | Sequence[int] = 0, stop_ids: Sequence[int] | None = None,
+                        pad_id: int = 0, *, slots: int = 64, chunk_steps: int = 64, cache_dtype: Any = None,
+                        unroll_layers: bool = True, compact: bool = True,
+                        on_done: Callable[[int], None] | None = None) -> list[list[int]]:
+    """One-call form of :class:`Engine` (`sampler.generate`'s signature plus the engine's options)."""
+    engine = Engine(model, slots=slots, chunk_steps=chunk_steps, cache_dtype=cache_dtype, unroll_layers=unroll_layers,
+                    compact=compact)
+    return engine.generate(prompt_token_ids, max_new_tokens, temperature, top_p, top_k, seed, stop_ids, pad_id,
+                           on_done=on_done)
