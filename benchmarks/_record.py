@@ -35,7 +35,12 @@ def machine() -> str:
         dev = f", JAX {jax.__version__} on {len(d)}x {d[0].device_kind}"
     except Exception:  # noqa: BLE001 - machine description must never fail a benchmark
         pass
-    return f"{cpu}, {os.cpu_count()} cores{mem}{dev}"
+    load = ""
+    try:  # other processes on a shared machine move every figure; say how busy it was
+        load = ", load average {:.1f} / {:.1f} / {:.1f} (1 / 5 / 15 min)".format(*os.getloadavg())
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}{dev}{load}"
 
 
 def record(title: str, body_markdown: str) -> None:

@@ -1,20 +1,22 @@
 """SFT train-step tokens/s and MFU: ours vs a transformers + PyTorch AdamW step, and vs the measured matmul peak.
 
-bench-small, fp32, batch 4 x seq 512, AdamW, one device (CPU here; on a GPU run it there the same way).
+bench-small, fp32, batch 4 x seq 512 by default, AdamW, one device (CPU here; on a GPU run it there the same way).
 
-    python benchmarks/bench_train_step.py
+    python benchmarks/bench_train_step.py [--seq-len 4096 --batch 1] [--attention chunked]
 """
 
 from __future__ import annotations
 
+import argparse
 
 import common  # noqa: F401
 import jax
 import numpy as np
 import torch
 from _record import record
-from common import best_of, bench_small_pair, threads_note, torch_matmul_peak, xla_matmul_peak
+from common import best_interleaved, bench_small_pair, threads_note, torch_matmul_peak, xla_matmul_peak
 
+import jax_distill.model.attention as attention_module
 from jax_distill.model.qwen2 import with_config
 from jax_distill.model.flops import train_flops_per_token
 from jax_distill.sharding import MeshConfig, make_mesh
@@ -22,19 +24,31 @@ from jax_distill.train.config import OptimConfig
 from jax_distill.train.optim import make_optimizer
 from jax_distill.train.step import build_step_fns, model_params
 
-B, S = 4, 512
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--attention", default="chunked", help="model.attention for ours (default: chunked)")
+    ap.add_argument("--chunk-block", type=int, default=None,
+                    help="block size of attention 'chunked' (default: 512 on CPU, see model.attention.CHUNK_BLOCK)")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    if args.chunk_block:
+        attention_module.CHUNK_BLOCK = args.chunk_block
+    block = f", block {attention_module.block_layout(args.seq_len)[0]}" if args.attention == "chunked" else ""
+    B, S = args.batch, args.seq_len
     hf, ours = bench_small_pair()
+    ours = with_config(ours, attention=args.attention)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 8192, (B, S)).astype(np.int32)
     batch = {"input_ids": ids, "targets": np.roll(ids, -1, 1), "loss_mask": np.ones((B, S), np.float32),
              "segment_ids": np.ones((B, S), np.int32), "positions": np.tile(np.arange(S, dtype=np.int32), (B, 1))}
     mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
 
-    def time_step(model) -> float:
-        """Best wall time of one jitted SFT step of ``model`` on the batch."""
+    def step_fn(model):
+        """One jitted SFT step of ``model`` on the batch (state carried between calls)."""
         fns = build_step_fns(model, make_optimizer(OptimConfig(learning_rate=1e-4), 1000), mesh)
         state = [fns.init(model_params(model))]
 
@@ -42,12 +56,7 @@ def main() -> None:
             state[0], m = fns.step(state[0], batch)
             m["loss"].block_until_ready()
 
-        return best_of(step, repeats=5, warmup=2)
-
-    t_ours = time_step(ours)
-    # The same step with the layers unrolled (`model.scan_layers: false`): no per-layer slicing of stacked weights,
-    # longer compiles; worth it for small models.
-    t_unrolled = time_step(with_config(ours, scan_layers=False))
+        return step
 
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-4)
     hf.train()
@@ -60,11 +69,16 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    t_ref = best_of(ref_step, repeats=3, warmup=1)
+    # Ours with layers scanned (the default), the same step with the layers unrolled (`model.scan_layers: false`:
+    # no per-layer slicing of stacked weights, longer compiles), and PyTorch, timed in interleaved rounds so that
+    # load from other processes on the machine falls on all three alike; best round of each.
+    t_ours, t_unrolled, t_ref = best_interleaved(
+        [step_fn(ours), step_fn(with_config(ours, scan_layers=False)), ref_step], repeats=args.repeats, warmup=2)
     tok = B * S
     flops = train_flops_per_token(ours.config, S) * tok
     peak_xla, peak_torch = xla_matmul_peak(), torch_matmul_peak()
-    body = (f"bench-small SFT step (forward + backward + AdamW), fp32, batch {B} x seq {S}, one CPU device "
+    body = (f"bench-small SFT step (forward + backward + AdamW), fp32, batch {B} x seq {S}, one CPU device, "
+            f"`model.attention: {args.attention}`{block} for ours, transformers' default attention (sdpa) for PyTorch "
             f"(best of runs). FLOPs by `model.flops.train_flops_per_token` (6N + causal attention): "
             f"{flops / 1e9:.1f} GFLOP per step.\n\n"
             f"| implementation | tokens/s | achieved GFLOP/s | share of measured fp32 matmul peak |\n|---|---|---|---|\n"
@@ -78,8 +92,9 @@ def main() -> None:
             f"**{t_ref / t_unrolled:.2f}x** (unrolled). The 1.5x goal would need "
             f"{1.5 * flops / t_ref / 1e9:,.0f} GFLOP/s, {1.5 * flops / t_ref / peak_xla:.2f}x the XLA matmul peak measured "
             f"in this run. ({threads_note()})\n\n"
-            "Reproduce: `python benchmarks/bench_train_step.py`")
-    record("SFT train step (issue 4)", body)
+            f"Reproduce: `python benchmarks/bench_train_step.py --seq-len {S} --batch {B} --attention {args.attention}"
+            + (f" --chunk-block {args.chunk_block}" if args.chunk_block else "") + "`")
+    record(f"SFT train step, seq {S} (issues 4, 16)", body)
 
 
 if __name__ == "__main__":

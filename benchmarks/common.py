@@ -50,6 +50,21 @@ def best_of(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> floa
     return min(times)
 
 
+def best_interleaved(fns: list[Callable[[], object]], repeats: int = 5, warmup: int = 1) -> list[float]:
+    """Fastest wall time of each of ``fns`` over ``repeats`` rounds that call each once, in turn (after ``warmup``
+    rounds): on a shared machine, load that comes and goes then reaches every contender alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
+
+
 def xla_matmul_peak(n: int = 2048, dtype: str = "float32") -> float:
     """Measured FLOP/s of an n^3 matmul under XLA on the default device."""
     import jax

@@ -8,7 +8,7 @@ Implementations (``model.attention``):
 
 - ``xla``: the reference. Dense ``[B, H, S, S]`` scores; any mask (training and the decode cache).
 - ``chunked``: block-causal flash attention in plain JAX (any backend; the CPU and portable choice). Key blocks
-  wholly above the diagonal are never computed; online softmax over ``[block, block]`` tiles, a hand-written
+  wholly above the diagonal, or holding only earlier documents of a packed row, are never computed; online softmax over ``[block, block]`` tiles, a hand-written
   backward pass that recomputes each tile, so memory is O(S x block). Lengths that are not a multiple of the
   block are padded (padded keys masked, padded queries dropped).
 - ``splash``: TPU. `jax.experimental.pallas.ops.tpu.splash_attention` (a Mosaic kernel) with a causal mask and
@@ -105,13 +105,15 @@ def cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -
 # ----------------------------------------------------------------------------------------------------------------
 # chunked: block-causal flash attention in plain JAX
 
-CHUNK_BLOCK = 512  # measured best on XLA:CPU for bench-small at 4096 (docs/benchmarks.md); any block is exact
+# Block size of ``chunked``; None = per backend: 1024 on GPU (faster than 512 at 16k on H100 and H200), else 512
+# (faster than 256 and 1024 on XLA:CPU for bench-small at 4096). Any block gives the same result (docs/benchmarks.md).
+CHUNK_BLOCK: int | None = None
 
 
 def block_layout(seq_len: int, block: int | None = None) -> tuple[int, int]:
     """(block, padded length) for ``chunked``: as few blocks of at most ``block`` as cover ``seq_len``, each a
     multiple of 8, so that padding is under 8 tokens per block instead of up to a whole block."""
-    block = block or CHUNK_BLOCK
+    block = block or CHUNK_BLOCK or (1024 if jax.default_backend() == "gpu" else 512)
     n = -(-seq_len // block)
     blk = -(-seq_len // n)
     blk = -(-blk // 8) * 8 if blk > 8 else blk
@@ -126,7 +128,7 @@ def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec, 
     output and the per-query log-sum-exp and recomputes each [block, block] tile, key block by key block. Scores and
     softmax in float32. Sequences that are not a multiple of the block are padded with segment id 0 (masked keys;
     padded query rows are dropped). Padding queries (segment 0) output zeros. Shapes as in :func:`xla_attention`;
-    ``chunk``: block size (default :data:`CHUNK_BLOCK`)."""
+    ``chunk``: block size (default :data:`CHUNK_BLOCK`, else 1024 on GPU and 512 elsewhere)."""
     b, s, h, d = q.shape
     if k.shape[1] != s:
         raise ValueError(f"attention 'chunked' is causal self-attention: {s} queries over {k.shape[1]} keys; "
@@ -215,7 +217,8 @@ def _flash_fwd(q, k, v, seg, blk):
     kh = k.shape[2]
     g, n = h // kh, s // blk
     qb = _blocked(_q_blocks(q * jnp.asarray(d**-0.5, q.dtype), blk, kh))  # [n, B, K, G*blk, D]
-    kb, vb = _blocked(_kv_blocks(k, blk)), _blocked(_kv_blocks(v, blk))  # [n, B, K, blk, D]
+    # keys transposed, [n, B, K, D, blk]: the score product is then a plain [rows, D] x [D, blk] matmul
+    kb_t, vb = _blocked(jnp.swapaxes(_kv_blocks(k, blk), -1, -2)), _blocked(_kv_blocks(v, blk))
     seg_q, seg_k = _segment_blocks(seg, blk, g)
     first = _first_key_blocks(seg, blk)
 
@@ -224,7 +227,7 @@ def _flash_fwd(q, k, v, seg, blk):
 
         def key_block(j, carry):
             m, l, acc = carry
-            scores = jnp.einsum("bkqd,bksd->bkqs", qi, kb[j], preferred_element_type=jnp.float32)
+            scores = jnp.einsum("bkqd,bkds->bkqs", qi, kb_t[j], preferred_element_type=jnp.float32)
             visible = _tile_mask(sq, seg_k[j], i, j, blk, g)
             m_new = jnp.maximum(m, jnp.where(visible, scores, _MASK_VALUE).max(-1))
             p = jnp.where(visible, jnp.exp(scores - m_new[..., None]), 0.0)
@@ -262,15 +265,18 @@ def _flash_bwd(blk, res, dout):
         kj, vj = kb[j], vb[j]
 
         def tile(i, carry):
+            # The tile transposed ([key, query] rows): the dv and dk products then contract over queries as plain
+            # matmuls (XLA:CPU runs a product that contracts the leading axis of both operands at half speed).
             dq, dk, dv = carry
             qi, doi = qb[i], dob[i]
-            scores = jnp.einsum("bkqd,bksd->bkqs", qi, kj, preferred_element_type=jnp.float32)
-            p = jnp.where(_tile_mask(seg_q[i], seg_k[j], i, j, blk, g), jnp.exp(scores - lse[i][..., None]), 0.0)
-            dv = dv + jnp.einsum("bkqs,bkqd->bksd", p.astype(dout.dtype), doi, preferred_element_type=jnp.float32)
-            dp = jnp.einsum("bkqd,bksd->bkqs", doi, vj, preferred_element_type=jnp.float32)
-            ds = (p * (dp - delta[i][..., None])).astype(q.dtype)
-            dq = dq.at[i].add(jnp.einsum("bkqs,bksd->bkqd", ds, kj, preferred_element_type=jnp.float32))
-            dk = dk + jnp.einsum("bkqs,bkqd->bksd", ds, qi, preferred_element_type=jnp.float32)
+            scores_t = jnp.einsum("bksd,bkqd->bksq", kj, qi, preferred_element_type=jnp.float32)
+            visible_t = jnp.swapaxes(_tile_mask(seg_q[i], seg_k[j], i, j, blk, g), -1, -2)
+            p_t = jnp.where(visible_t, jnp.exp(scores_t - lse[i][..., None, :]), 0.0)
+            dv = dv + jnp.einsum("bksq,bkqd->bksd", p_t.astype(dout.dtype), doi, preferred_element_type=jnp.float32)
+            dp_t = jnp.einsum("bksd,bkqd->bksq", vj, doi, preferred_element_type=jnp.float32)
+            ds_t = (p_t * (dp_t - delta[i][..., None, :])).astype(q.dtype)
+            dk = dk + jnp.einsum("bksq,bkqd->bksd", ds_t, qi, preferred_element_type=jnp.float32)
+            dq = dq.at[i].add(jnp.einsum("bksq,bksd->bkqd", ds_t, kj, preferred_element_type=jnp.float32))
             return dq, dk, dv
 
         def query_block(i, carry):  # exactly the tiles the forward pass visited
