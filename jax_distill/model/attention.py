@@ -336,7 +336,7 @@ def _splash_local(q, k, v, seg, interpret: bool):
     return jnp.where((seg > 0)[:, None, :, None], out, 0).astype(q.dtype)
 
 
-def _mesh_split(mesh, batch: int, heads: int, kv_heads: int):
+def splash_mesh_split(mesh, batch: int, heads: int, kv_heads: int):
     """(batch mesh axes, head mesh axis or None, kv repeat factor) for shard_map on ``mesh``: the data axes that
     divide the batch; ``tensor`` over heads when it divides them, repeating kv heads when it does not divide those
     (e.g. 4 kv heads on tensor=8)."""
@@ -382,7 +382,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec, *
     else:
         from jax.sharding import PartitionSpec as P
 
-        batch_axes, head_axis, rep = _mesh_split(mesh, b, h, kh)
+        batch_axes, head_axis, rep = splash_mesh_split(mesh, b, h, kh)
         if rep > 1:
             kt, vt = jnp.repeat(kt, rep, axis=1), jnp.repeat(vt, rep, axis=1)
         bspec = batch_axes or None
