@@ -71,7 +71,7 @@ class DecontamConfig:
 
     # name -> JSON-lines file (aime24/aime25/amc23/math500 or any name); a name with no file loads from the hub
     sets: dict[str, str | None] = field(default_factory=dict)
-    ngram: int = 10  # words; problems shorter than this match only as a whole
+    ngram: int = 13  # words (numbers normalised); see distill/decontam.py for the false-match rates measured
     min_overlap: int = 1  # shared n-grams needed to call a problem contaminated
 
     def validate(self) -> None:

@@ -249,3 +249,116 @@ def test_distill_api_teacher_to_gcs_with_crash_and_resume(tmp_path, teacher_serv
                  "--require-boxed", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["records"] == stats["kept"] == 8 and stats["skipped"] == {}
+
+    # The teacher's dollars are the data-generation line of `jax-distill cost`.
+    capsys.readouterr()
+    cost_cmd = ["cost", "--config", str(REPO_ROOT / "configs" / "qwen2.5-math-7b_v5p-16.yaml"), "--json"]
+    assert main(cost_cmd) == 0
+    base = {(ln["chip"], ln["pricing"]): ln["cost_usd"] for ln in json.loads(capsys.readouterr().out)["lines"]}
+    assert main([*cost_cmd, "--distill-report", f"{out}/distill_report.json"]) == 0
+    cost = json.loads(capsys.readouterr().out)
+    assert cost["data_generation"]["api_usd"] == rep["teacher_cost"]["usd"] > 0
+    for ln in cost["lines"]:
+        assert ln["data_api_usd"] == rep["teacher_cost"]["usd"] and ln["data_chip_hours"] == 0
+        assert ln["cost_usd"] == pytest.approx(base[(ln["chip"], ln["pricing"])] + rep["teacher_cost"]["usd"])
+
+    # ... and train: stage 2 of the tiny config on the bucket's traces, two steps.
+    run = tmp_path / "train"
+    assert main(["train", "--config", str(REPO_ROOT / "configs" / "tiny_cpu.yaml"), "--no-progress", "--stage", "2",
+                 "train.steps=2", f"stages.1.data.paths=[{out}/traces-*.jsonl]",
+                 f"output_dir={run}", f"checkpoint.dir={run}/ck"]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(r["loss"] > 0 for r in rows if "loss" in r)
+
+
+def test_decontamination_index_on_math500():
+    """Every MATH-500 problem matches itself and its copy with other numbers; other problems do not match."""
+    from jax_distill.distill.decontam import NgramIndex, normalize_words
+
+    rows = [json.loads(x) for x in (REPO_ROOT.parent / "shared" / "data" / "eval" / "math500.jsonl").read_text()
+            .splitlines()]
+    half = [r["problem"] for r in rows[:250]]
+    index = NgramIndex({"math500": half}, n=13)
+    assert normalize_words("Find $x$ if $3x + 12 = \\frac{5}{2}$.") == ["find", "x", "if", "#", "x", "#", "frac", "#",
+                                                                       "#"]
+    for i, text in enumerate(half):
+        reworded = re.sub(r"\d+", lambda m: str(int(m.group()) * 2 + 1), text)
+        hit = index.match(reworded)
+        assert hit is not None and hit.set == "math500" and hit.index == i, (i, text)
+    # The other half of MATH-500 shares topics and phrasing, not 13-word runs: only 2 templated twins match.
+    false = [r["problem"] for r in rows[250:] if index.match(r["problem"])]
+    assert len(false) == 2 and "quotient when $x^9 + 1$ is divided by $x - 1" in " ".join(false), false
+    assert index.match("What is 1 + 2?") is None
+
+
+# A word-level vocabulary small enough that a random model writes "\boxed{3}" and stops now and then.
+OPEN_VOCAB = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]", "\\boxed{3}", "\\boxed{4}", "so", "the",
+              "answer", "is", "What", "1", "+", "2", "?", "3", "user", "assistant"]
+
+
+@pytest.fixture(scope="module")
+def open_teacher_dir(tmp_path_factory):
+    """A tiny random Qwen2 checkpoint (HF layout) and its word-level tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from jax_distill.model.config import ModelConfig
+    from jax_distill.model.hf_io import save_pretrained
+    from jax_distill.model.qwen2 import init_model
+
+    root = tmp_path_factory.mktemp("open_teacher")
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(OPEN_VOCAB)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")
+    fast.save_pretrained(str(root / "tok"))
+    cfg = ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(OPEN_VOCAB), head_dim=8, max_position_embeddings=256,
+                      tie_word_embeddings=False, rope_theta=1e4, rms_norm_eps=1e-6, init_std=0.5, dtype="float32")
+    save_pretrained(init_model(cfg.resolve()), root / "model")
+    return root
+
+
+def test_distill_open_teacher_is_deterministic(tmp_path, open_teacher_dir, capsys):
+    """Traces sampled by our engine from a local checkpoint, graded and written; same seed, same bytes."""
+    src = tmp_path / "problems.jsonl"
+    src.write_text(json.dumps({"id": "p", "problem": "What is 1 + 2 ?", "answer": "3"}) + "\n"
+                   + json.dumps({"id": "q", "problem": "What is 2 + 2 ?", "answer": "4"}) + "\n")
+
+    def run(out, seed):
+        capsys.readouterr()
+        assert main(["data", "distill", "--input", str(src), "--out", str(out), "--teacher", "open",
+                     "--checkpoint", str(open_teacher_dir / "model"), "--tokenizer", str(open_teacher_dir / "tok"),
+                     "--samples", "16", "--keep", "all", "--max-tokens", "10", "--json", "teacher.dtype=float32",
+                     f"teacher.seed={seed}", "teacher.temperature=1.0", "teacher.top_p=1.0", "teacher.slots=32",
+                     "teacher.system_prompt=user", "filters.near_duplicate=1.0"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    rep = run(tmp_path / "a", 0)
+    s = rep["samples"]
+    assert s["total"] == 32 and s["kept"] + sum(s["rejected"].values()) == 32 and s["kept"] > 0
+    assert rep["teacher"]["kind"] == "open" and rep["teacher"]["generated_tokens"] == rep["tokens"][
+        "teacher_completion"] > 0 and rep["teacher_cost"]["usd"] == 0
+    traces = [json.loads(x) for x in (tmp_path / "a" / "traces-00000.jsonl").read_text().splitlines()]
+    assert len(traces) == s["kept"]
+    for t in traces:  # every kept trace really boxes the reference answer last and stopped on its own
+        assert t["response"].rstrip().endswith(f"\\boxed{{{t['answer']}}}") and t["finish_reason"] == "stop"
+    # An open teacher's data-generation line: its generated tokens decoded at 2N FLOPs each, on every chip.
+    capsys.readouterr()
+    assert main(["cost", "--config", str(REPO_ROOT / "configs" / "qwen2.5-math-7b_v5p-16.yaml"), "--json",
+                 "--distill-report", str(tmp_path / "a" / "distill_report.json")]) == 0
+    cost = json.loads(capsys.readouterr().out)
+    from jax_distill.hardware import CHIPS
+
+    n_params = rep["teacher"]["param_count"]
+    assert n_params > 0
+    for ln in cost["lines"]:
+        flops = 2 * n_params * rep["tokens"]["teacher_completion"]
+        assert ln["data_chip_hours"] == pytest.approx(flops / (CHIPS[ln["chip"]].peak_bf16_flops * 0.05) / 3600)
+        assert ln["data_api_usd"] == 0
+    rep_again = run(tmp_path / "b", 0)
+    assert (tmp_path / "b" / "traces-00000.jsonl").read_bytes() == (tmp_path / "a" / "traces-00000.jsonl").read_bytes()
+    assert rep_again["samples"] == s
+    rep_other = run(tmp_path / "c", 1)
+    assert (tmp_path / "c" / "traces-00000.jsonl").read_bytes() != (tmp_path / "a" / "traces-00000.jsonl").read_bytes()
+    assert rep_other["samples"]["total"] == 32
