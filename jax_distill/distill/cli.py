@@ -194,4 +194,7 @@ def run(args: argparse.Namespace) -> int:
               f"${rep['teacher_cost']['usd']:.4f} for the dataset; report: {cfg.out}/{pl.REPORT}")
         for e in stats.errors[:5]:
             print(f"  error: {e}")
+        if pr["pending"]:
+            print(f"{pr['pending']} problem(s) pending after failed requests: rerun the same command to retry them "
+                  "(answered samples come from the cache)")
     return 0

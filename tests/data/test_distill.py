@@ -271,6 +271,26 @@ def test_distill_api_teacher_to_gcs_with_crash_and_resume(tmp_path, teacher_serv
     assert rows and all(r["loss"] > 0 for r in rows if "loss" in r)
 
 
+def test_example_config_and_usage_errors(tmp_path, capsys):
+    """The YAML example loads into the schema; a missing input or tokenizer, or a bad value, is one line, exit 2."""
+    from jax_distill.config import load_config
+    from jax_distill.distill.config import DistillConfig
+
+    cfg = load_config(DistillConfig, REPO_ROOT / "configs" / "distill_example.yaml", ["samples=8"])
+    assert cfg.samples == 8 and cfg.teacher.model == "deepseek-reasoner" and len(cfg.decontam.sets) == 4
+    for argv, message in [
+        (["--out", str(tmp_path), "--tokenizer", TOK], "no --input given"),
+        (["--input", "x.jsonl", "--out", str(tmp_path)], "no student tokenizer"),
+        (["--input", "x.jsonl", "--out", str(tmp_path), "--tokenizer", TOK, "filters.near_duplicate=0"],
+         "filters.near_duplicate"),
+        (["--input", "x.jsonl", "--out", str(tmp_path), "--tokenizer", TOK, "sample=3"], "unknown field"),
+    ]:
+        capsys.readouterr()
+        assert main(["data", "distill", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
 def test_decontamination_index_on_math500():
     """Every MATH-500 problem matches itself and its copy with other numbers; other problems do not match."""
     from jax_distill.distill.decontam import NgramIndex, normalize_words
