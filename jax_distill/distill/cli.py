@@ -47,8 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decontam", nargs="+", metavar="NAME[=FILE]",
                    help="evaluation sets to decontaminate against: aime24 aime25 amc23 math500, or NAME=FILE.jsonl")
     p.add_argument("--eval-dir", help="folder holding NAME.jsonl for each --decontam NAME without a file")
-    p.add_argument("--ngram", type=int, help="decontamination n-gram length in words (default 10)")
-    p.add_argument("--prices", default=str(_PRICES), help="prices YAML whose `teachers:` rows price the teacher")
+    p.add_argument("--ngram", type=int, help="decontamination n-gram length in words (default 13)")
+    p.add_argument("--prices", default=str(_PRICES), help="prices YAML whose `teachers:` rows price the teacher "
+                   "(default: this checkout's configs/prices.yaml)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides (filters.max_tokens=8192)")
     p.epilog = f"example:\n  {EXAMPLE}"
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         teacher = APITeacher(tc.model, endpoint=tc.endpoint, api_key=key, temperature=tc.temperature,
                              top_p=tc.top_p, max_tokens=tc.max_tokens, concurrency=tc.concurrency,
                              max_retries=tc.max_retries, timeout=tc.timeout,
-                             seed=tc.seed if tc.send_seed else None)
+                             seed=tc.seed if tc.send_seed else None, max_tokens_field=tc.max_tokens_field)
         name = tc.model
         found = teacher_price(tc.model, args.prices)
         p_in = tc.price_input if tc.price_input is not None else (found[0] if found else 0.0)

@@ -21,6 +21,8 @@ class TeacherConfig:
     top_p: float | None = None
     send_seed: bool = True  # api: sample k is requested with seed + k (reproducible on vLLM/SGLang)
     max_tokens: int = 32768  # completion budget per sample (reasoning included); longer = finish_reason length
+    # The request field carrying it: o1 models accept only max_completion_tokens; some servers only max_tokens.
+    max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
     concurrency: int = 16  # requests in flight at most
     max_retries: int = 6  # per request: 429, 5xx, timeouts and dropped connections, exponential backoff with jitter
     timeout: float = 600.0  # seconds per request

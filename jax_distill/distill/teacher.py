@@ -107,10 +107,12 @@ class APITeacher:
 
     def __init__(self, model: str, *, endpoint: str | None = None, api_key: str | None = None,
                  temperature: float | None = None, top_p: float | None = None, max_tokens: int = 32768,
-                 concurrency: int = 16, max_retries: int = 6, timeout: float = 600.0, seed: int | None = 0):
+                 concurrency: int = 16, max_retries: int = 6, timeout: float = 600.0, seed: int | None = 0,
+                 max_tokens_field: str = "max_completion_tokens"):
         import openai
 
         self.model, self.temperature, self.top_p, self.max_tokens = model, temperature, top_p, max_tokens
+        self.max_tokens_field = max_tokens_field
         self.concurrency = concurrency
         self.seed = seed
         self.cache_id = f"api:{model}:t{temperature}:p{top_p}:m{max_tokens}:s{seed}"
@@ -121,7 +123,7 @@ class APITeacher:
                                      timeout=timeout)
 
     def _one(self, req: Request) -> Completion:
-        kw: dict[str, Any] = {"max_completion_tokens": self.max_tokens}
+        kw: dict[str, Any] = {self.max_tokens_field: self.max_tokens}
         if self.temperature is not None:
             kw["temperature"] = self.temperature
         if self.top_p is not None:

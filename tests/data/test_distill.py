@@ -80,6 +80,7 @@ class TeacherServer:
             def _answer(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 user, seed = body["messages"][-1]["content"], body["seed"]
+                assert body["max_completion_tokens"] == 32768 and "max_tokens" not in body
                 a, b = map(int, re.search(r"What is (\d+) \+ (\d+)\?", user).groups())
                 with lock:
                     srv.requests += 1
@@ -265,7 +266,7 @@ def test_distill_api_teacher_to_gcs_with_crash_and_resume(tmp_path, teacher_serv
     # ... and train: stage 2 of the tiny config on the bucket's traces, two steps.
     run = tmp_path / "train"
     assert main(["train", "--config", str(REPO_ROOT / "configs" / "tiny_cpu.yaml"), "--no-progress", "--stage", "2",
-                 "train.steps=2", f"stages.1.data.paths=[{out}/traces-*.jsonl]",
+                 "train.steps=2", f"stages.1.data.paths=[{out}/traces-*.jsonl]", "stages.1.data.seq_len=128",
                  f"output_dir={run}", f"checkpoint.dir={run}/ck"]) == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(r["loss"] > 0 for r in rows if "loss" in r)
