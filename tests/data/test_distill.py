@@ -162,12 +162,14 @@ def _problems():
 def test_distill_api_teacher_to_gcs_with_crash_and_resume(tmp_path, teacher_server, gcs, monkeypatch, capsys):
     from jax_distill.distill import pipeline
 
-    src = tmp_path / "problems.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in _problems()))
+    from jax_distill.paths import as_path
+
     gcs.make_bucket("distill")
+    src = "gs://distill/problems/part-0.jsonl"  # problems in the bucket too
+    as_path(src).write_text("".join(json.dumps(r) + "\n" for r in _problems()))
     out = "gs://distill/run1"
     monkeypatch.setenv("TEST_KEY", "k")
-    cmd = ["data", "distill", "--input", str(src), "--out", out, "--endpoint", teacher_server.url, "--model", "r1",
+    cmd = ["data", "distill", "--input", src, "--out", out, "--endpoint", teacher_server.url, "--model", "r1",
            "--api-key-env", "TEST_KEY", "--concurrency", "3", "--cache", str(tmp_path / "cache.jsonl"),
            "--tokenizer", TOK, "--samples", "4", "--max-per-problem", "2", "--decontam", "math500",
            "--eval-dir", str(REPO_ROOT.parent / "shared" / "data" / "eval"), "--json",
