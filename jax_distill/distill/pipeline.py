@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jax_distill.answers import BOX_OPEN, extract_boxed, is_correct
+from jax_distill.config import to_dict
 from jax_distill.data.reformat import asks_for_proof, load_problem_set, needs_figure
 from jax_distill.data.tokenize import Tokenizer
 from jax_distill.distill.config import DistillConfig
@@ -326,6 +327,17 @@ def distill(problems: Sequence[Problem], cfg: DistillConfig, teacher: Teacher, t
     shard metas, this run's stats, orphan traces files removed). A problem with a failed request is left for the
     next run (its successful samples are cached)."""
     metas, orphans = read_state(cfg.out)
+    # A shard is only comparable with shards of the same teacher, sampling and grading policy.
+    recipe = {"teacher": teacher.cache_id, "samples": cfg.samples, "keep": cfg.keep,
+              "max_per_problem": cfg.max_per_problem, "filters": to_dict(cfg.filters)}
+    for m in metas:
+        old = m.get("recipe") or {}
+        diff = {k: f"{old.get(k)!r} there, {v!r} now" for k, v in recipe.items() if old.get(k) != v}
+        if diff:
+            from jax_distill.errors import UserError
+
+            raise UserError(f"{cfg.out} holds {m['file']}, made with other settings ({diff})",
+                            "resume with the same settings, or write to a new --out")
     for path in orphans:
         log.warning("removing %s: its shard was never committed (a crash between its two writes)", path)
         as_path(path).unlink()
@@ -352,7 +364,7 @@ def distill(problems: Sequence[Problem], cfg: DistillConfig, teacher: Teacher, t
             records += kept
             outcomes.append(outcome)
         if outcomes:
-            meta = {"problems": outcomes, "kept_sha1": [r["sha1"] for r in records],
+            meta = {"recipe": recipe, "problems": outcomes, "kept_sha1": [r["sha1"] for r in records],
                     "kept_tokens": sum(r["tokens"] for r in records),
                     "seconds": time.perf_counter() - t0}
             metas.append(write_shard(cfg.out, index, records, meta))

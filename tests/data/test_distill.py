@@ -245,6 +245,12 @@ def test_distill_api_teacher_to_gcs_with_crash_and_resume(tmp_path, teacher_serv
     assert rep3["this_run"]["cache_hits"] == 0 and rep3["this_run"]["requests"] == 4
     assert rep3["samples"] == s and len(rep3["shards"]) == len(rep["shards"])
 
+    # Resuming with other settings would mix two recipes in one dataset: refused, naming the way out.
+    monkeypatch.delenv("JAX_DISTILL_DEBUG")
+    capsys.readouterr()
+    assert main([*cmd, "--samples", "3"]) == 2
+    assert "'samples': '4 there, 3 now'" in capsys.readouterr().err
+
     # The report is also in the bucket, and the traces are training data.
     assert json.loads(read_bytes(f"{out}/distill_report.json"))["samples"] == s
     capsys.readouterr()
