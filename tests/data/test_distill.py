@@ -161,7 +161,6 @@ def _problems():
 
 def test_distill_api_teacher_to_gcs_with_crash_and_resume(tmp_path, teacher_server, gcs, monkeypatch, capsys):
     from jax_distill.distill import pipeline
-
     from jax_distill.paths import as_path
 
     gcs.make_bucket("distill")
