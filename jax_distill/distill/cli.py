@@ -162,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         name = f"open:{Path(tc.checkpoint.rstrip('/')).name}"
         teacher = EngineTeacher(model, ttok, name=name, max_tokens=tc.max_tokens,
                                 temperature=0.6 if tc.temperature is None else tc.temperature,
-                                top_p=0.95 if tc.top_p is None else tc.top_p, seed=tc.seed, slots=tc.slots)
+                                top_p=0.95 if tc.top_p is None else tc.top_p, seed=tc.seed, slots=tc.slots,
+                                compact=tc.compact)
         p_in = p_out = 0.0
         src = "open teacher: compute, no API price"
     cache = ResponseCache(_cache_path(cfg))

@@ -37,6 +37,7 @@ class TeacherConfig:
     checkpoint: str = ""  # HF dir, `convert` Orbax dir or training checkpoint
     tokenizer: str = ""  # the teacher's tokenizer (default: the student's, `filters.tokenizer`)
     slots: int = 64  # engine decode slots
+    compact: bool = True  # engine: gather the live rows into a smaller batch in the tail (one compile per size)
     seed: int = 0
     dtype: str = "bfloat16"
 

@@ -25,8 +25,8 @@ class EngineTeacher:
     is counted from the ids (prompt + generated); there is no price, ``seconds`` is the engine time."""
 
     def __init__(self, model: Any, tok: Tokenizer, *, name: str, max_tokens: int, temperature: float = 0.6,
-                 top_p: float = 0.95, seed: int = 0, slots: int = 64, chunk_steps: int = 64):
-        self.engine = Engine(model, slots=slots, chunk_steps=chunk_steps)
+                 top_p: float = 0.95, seed: int = 0, slots: int = 64, chunk_steps: int = 64, compact: bool = True):
+        self.engine = Engine(model, slots=slots, chunk_steps=chunk_steps, compact=compact)
         self.tok, self.max_tokens, self.temperature, self.top_p, self.seed = tok, max_tokens, temperature, top_p, seed
         self.cache_id = f"open:{name}:t{temperature}:p{top_p}:m{max_tokens}:s{seed}"
         self.seconds = 0.0

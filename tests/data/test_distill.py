@@ -359,6 +359,7 @@ def test_distill_open_teacher_is_deterministic(tmp_path, open_teacher_dir, capsy
                      "--checkpoint", str(open_teacher_dir / "model"), "--tokenizer", str(open_teacher_dir / "tok"),
                      "--samples", "16", "--keep", "all", "--max-tokens", "10", "--json", "teacher.dtype=float32",
                      f"teacher.seed={seed}", "teacher.temperature=1.0", "teacher.top_p=1.0", "teacher.slots=32",
+                     "teacher.compact=false",
                      "teacher.system_prompt=user", "filters.near_duplicate=1.0"]) == 0
         return json.loads(capsys.readouterr().out)
 
