@@ -10,8 +10,8 @@ this Python's environment (what `tpu_vm.py setup` builds there) and a local conf
 ``jax-distill-run.yaml`` (what `run`'s ``scp --worker=all`` does); the log goes to ``train.log`` there. What differs
 from a pod, on purpose: the rank comes from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (a TPU VM
 reads it from the metadata server), the devices are host CPU devices (XLA_FLAGS) and collectives run over gloo.
-Relative paths in the config resolve against the worker's home, as on a pod: give data and tokenizers as absolute
-or gs:// paths.
+Relative paths in the config resolve against the worker's home, as on a pod; each home links ``configs`` to this
+checkout's, so the tiny configs' ``configs/tiny_data/...`` resolve (on a pod: absolute or gs:// paths).
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ def start_workers(config: str, overrides: list[str], *, resume: bool = False, pr
     for i in range(processes):
         home = Path(workdir) / f"worker-{i}"
         home.mkdir(parents=True, exist_ok=True)
-        venv = home / VENV
-        if not venv.exists():
-            venv.symlink_to(Path(sys.prefix))
+        for link, target in ((home / VENV, Path(sys.prefix)), (home / "configs", REPO / "configs")):
+            if not link.is_symlink():
+                link.symlink_to(target)
         if not config.startswith("gs://"):
             shutil.copyfile(config, home / REMOTE_CONFIG)
         with open(home / "train.log", "ab") as log:

@@ -219,7 +219,7 @@ def test_sigterm_then_lost_worker_then_resume_is_bit_identical(pod_run, config, 
 def test_host_shares_are_disjoint_and_cover_every_record_once_per_epoch(config):
     """Counted: each host's files, records and packed documents over one epoch; the union is the whole data."""
     from jax_distill.config import load_config
-    from jax_distill.data.pipeline import build_iterator
+    from jax_distill.data.pipeline import build_iterator, load_documents
     from jax_distill.data.tokenize import load_tokenizer
     from jax_distill.train.config import RunConfig
 
@@ -237,3 +237,14 @@ def test_host_shares_are_disjoint_and_cover_every_record_once_per_epoch(config):
         assert docs and report["kept"] == report["records"]
     assert not files[0] & files[1] and len(files[0] | files[1]) == FILES["stage1"]
     assert records == total and docs == total
+
+    # One file for two hosts: each keeps every other record, both read the whole file.
+    one = load_config(RunConfig, REPO_ROOT / "configs" / "tiny_cpu.yaml", ["stages.0.data.num_epochs=1"]).stages[0]
+    one.data.paths = [str(REPO_ROOT / p) for p in one.data.paths]
+    shares = []
+    for i in range(2):
+        docs_i, report = load_documents(one.data, tok, i, 2)
+        assert report.read.records == report.read.kept == len(docs_i) == (total + 1 - i) // 2
+        shares += [tuple(d["input_ids"].tolist()) for d in docs_i]
+    everything, _ = load_documents(one.data, tok, 0, 1)
+    assert sorted(shares) == sorted(tuple(d["input_ids"].tolist()) for d in everything)
