@@ -6,7 +6,7 @@ Detected in this order (``distributed.mode: auto``; any other mode forces one):
   environment (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``) — GPU nodes, the CPU rehearsal.
 * ``slurm``: an ``srun`` task of a job with more than one task (``SLURM_NTASKS`` > 1); JAX's SLURM detector reads
   the coordinator (first node of ``SLURM_STEP_NODELIST``), count and rank from the SLURM variables.
-* ``tpu``: a Cloud TPU VM (a Google TPU PCI device under /sys/bus/pci, or the GKE TPU variables): ``initialize()``
+* ``tpu``: a Cloud TPU VM (a TPU chip under /sys/bus/pci, or the GKE TPU variables): ``initialize()``
   with no arguments, and JAX reads the workers from the TPU metadata server. A single-host slice joins too (one
   process), which is what MaxText does.
 * ``none``: one process; nothing to join.
@@ -29,7 +29,10 @@ from jax_distill.train.config import DistributedConfig
 
 log = logging.getLogger("jax_distill.distributed")
 
-GOOGLE_PCI_VENDOR = "0x1ae0"  # Cloud TPU chips show up as Google PCI devices
+GOOGLE_PCI_VENDOR = "0x1ae0"
+# PCI device ids of TPU chips (v3, v4, v5p, v5e, v6e, TPU7x; the list JAX's own TPU start-up checks). A Google vendor
+# id alone is not enough: GCE's gVNIC network card is a Google PCI device too.
+TPU_PCI_DEVICES = frozenset({"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"})
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,11 @@ class Plan:
 
 
 def tpu_vm_present(pci_root: str = "/sys/bus/pci/devices") -> bool:
-    """Whether this machine has a Cloud TPU chip (a Google vendor-id PCI device)."""
-    for vendor in glob.glob(os.path.join(pci_root, "*", "vendor")):
+    """Whether this machine has a Cloud TPU chip on its PCI bus."""
+    for dev in glob.glob(os.path.join(pci_root, "*")):
         try:
-            with open(vendor) as f:
-                if f.read().strip() == GOOGLE_PCI_VENDOR:
+            with open(os.path.join(dev, "vendor")) as v, open(os.path.join(dev, "device")) as d:
+                if v.read().strip() == GOOGLE_PCI_VENDOR and d.read().strip() in TPU_PCI_DEVICES:
                     return True
         except OSError:
             continue
@@ -98,7 +101,7 @@ def detect(cfg: DistributedConfig, env: Mapping[str, str], tpu_present: bool) ->
 def initialize(cfg: DistributedConfig, env: Mapping[str, str] | None = None) -> Plan:
     """Join the job this process belongs to (a no-op when already joined or when there is none). Logs the plan."""
     if jax.distributed.is_initialized():
-        return Plan("explicit", reason="already initialized")
+        return Plan("preinitialized", reason="jax.distributed was initialized before train")
     plan = detect(cfg, os.environ if env is None else env, tpu_vm_present())
     if plan.kind != "none":
         jax.distributed.initialize(**plan.kwargs)

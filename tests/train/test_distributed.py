@@ -37,10 +37,15 @@ def test_slurm_tpu_and_single_process():
     assert detect(DistributedConfig(mode="tpu"), {}, False).kind == "tpu"
 
 
-def test_tpu_vm_present_reads_pci_vendor_ids(tmp_path):
-    (tmp_path / "0000:00:04.0").mkdir()
-    (tmp_path / "0000:00:04.0" / "vendor").write_text("0x8086\n")
+def _pci(root, slot, vendor, device):
+    (root / slot).mkdir()
+    (root / slot / "vendor").write_text(vendor + "\n")
+    (root / slot / "device").write_text(device + "\n")
+
+
+def test_tpu_vm_present_reads_pci_ids(tmp_path):
+    _pci(tmp_path, "0000:00:04.0", "0x8086", "0x1237")
+    _pci(tmp_path, "0000:00:05.0", "0x1ae0", "0x0042")  # gVNIC: a Google device on every GCE VM, not a TPU
     assert not tpu_vm_present(str(tmp_path))
-    (tmp_path / "0000:00:05.0").mkdir()
-    (tmp_path / "0000:00:05.0" / "vendor").write_text("0x1ae0\n")
+    _pci(tmp_path, "0000:00:06.0", "0x1ae0", "0x0062")  # v5p
     assert tpu_vm_present(str(tmp_path))

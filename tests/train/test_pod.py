@@ -6,7 +6,7 @@ restarted pair finishes bit-identical to the uninterrupted run.
 
 Two-process runs cost ~20-40 s each on 2 cores (start-up and compilation dominate), so the scenarios share runs: one
 uninterrupted run (for the equivalence and as the bit-identical reference) and one chain SIGTERM -> resume + kill ->
-resume. Stage 1 of tiny_cpu only, 6 steps."""
+resume. Stage 1 of tiny_cpu only, 10 steps."""
 
 import json
 import re
@@ -26,9 +26,7 @@ from tests.conftest import REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT / "launch"))
 import rehearse
 
-pytestmark = pytest.mark.slow
-
-STEPS = 6
+STEPS = 10
 FILES = {"stage1": 4, "heldout": 2}  # files per split: each of the 2 hosts reads its own share
 OVERRIDES = [f"train.steps={STEPS}", "checkpoint.every=2", "checkpoint.keep=10", "train.log_every=1",
              "train.eval_batches=8", "distributed.heartbeat_timeout_s=10"]
@@ -151,6 +149,7 @@ def _two_host_shares(build):
     return wrapped
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_on_the_same_global_batch(pod_run, config, tmp_path, monkeypatch):
     """2 processes x 4 devices vs 1 process x 8 devices fed the same global batches: every step's loss and the
     held-out loss to 1e-5, the final parameters to 1e-5."""
@@ -177,6 +176,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(pod_run, confi
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.slow
 def test_sigterm_then_lost_worker_then_resume_is_bit_identical(pod_run, config, tmp_path):
     """SIGTERM to both: they stop at the same step, save it once, exit 0. Resumed, then one worker SIGKILLed: the
     other exits non-zero within 60 s, naming the dead task. Both resumed again: the final checkpoint's parameters
@@ -193,7 +193,7 @@ def test_sigterm_then_lost_worker_then_resume_is_bit_identical(pod_run, config, 
                for i in range(2)]
     assert len(stopped[0]) == 1 and stopped[0] == stopped[1], stopped  # one save, at one step, on both hosts
     step = stopped[0][0]
-    assert 2 <= step < STEPS and _steps(ck)[-1] == step
+    assert 2 <= step <= STEPS - 4 and _steps(ck)[-1] == step  # room left for a checkpoint before the kill
     assert sorted(p.name for p in (ck / str(step) / "data").glob("process_*")) == [
         "process_0-of-2.json", "process_1-of-2.json"]
 
