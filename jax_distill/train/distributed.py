@@ -89,8 +89,15 @@ def detect(cfg: DistributedConfig, env: Mapping[str, str], tpu_present: bool) ->
                     f"{explicit['num_processes']}")
     slurm_tasks = int(env.get("SLURM_NTASKS", "1") or 1)
     if mode == "slurm" or (mode == "auto" and slurm_tasks > 1 and "SLURM_PROCID" in env):
-        return Plan("slurm", {"cluster_detection_method": "slurm", **timeouts},
-                    f"SLURM job {env.get('SLURM_JOB_ID', '?')}, task {env.get('SLURM_PROCID', '?')} of {slurm_tasks}")
+        kwargs: dict[str, Any] = {"cluster_detection_method": "slurm", **timeouts}
+        why = f"SLURM job {env.get('SLURM_JOB_ID', '?')}, task {env.get('SLURM_PROCID', '?')} of {slurm_tasks}"
+        # JAX's SLURM detector gives each task the one GPU numbered by its local rank (one task per GPU). With one
+        # task per node (launch/slurm.sbatch) that task must see every GPU of the node.
+        gpus = env.get("SLURM_GPUS_ON_NODE", "")
+        if env.get("SLURM_NTASKS_PER_NODE") == "1" and gpus.isdigit():
+            kwargs["local_device_ids"] = list(range(int(gpus)))
+            why += f", one task per node: all {gpus} GPUs"
+        return Plan("slurm", kwargs, why)
     gke = "TPU_WORKER_HOSTNAMES" in env or "TPU_PROCESS_ADDRESSES" in env
     if mode == "tpu" or (mode == "auto" and (tpu_present or gke)):
         why = "TPU chip on the PCI bus" if tpu_present else "TPU worker variables (GKE)"

@@ -28,6 +28,9 @@ def test_incomplete_explicit_settings_name_what_is_missing():
 
 def test_slurm_tpu_and_single_process():
     assert detect(DistributedConfig(), SLURM, False).kwargs["cluster_detection_method"] == "slurm"
+    assert "local_device_ids" not in detect(DistributedConfig(), SLURM, False).kwargs  # JAX: one GPU per task
+    one_per_node = {**SLURM, "SLURM_NTASKS_PER_NODE": "1", "SLURM_GPUS_ON_NODE": "8"}  # launch/slurm.sbatch
+    assert detect(DistributedConfig(), one_per_node, False).kwargs["local_device_ids"] == list(range(8))
     assert detect(DistributedConfig(), {**SLURM, "SLURM_NTASKS": "1"}, False).kind == "none"
     tpu = detect(DistributedConfig(), {}, tpu_present=True)
     assert tpu.kind == "tpu" and "coordinator_address" not in tpu.kwargs  # JAX asks the TPU metadata server
