@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sample in fixed batches, each run to its longest sample (default: continuous batching, a "
                         "slot takes the next sample as soon as its sample stops; the samples are the same)")
     p.add_argument("--cache-dtype", help="KV cache dtype (default: the compute dtype)")
+    p.add_argument("--scan-layers", action="store_true",
+                   help="decode with the layer scan and a stacked KV cache: the weights are held once (default: "
+                        "layers unrolled, the faster step, which also holds a per-layer copy of the decoder weights; "
+                        "`plan --eval --decode-scan-layers` sizes this)")
     p.add_argument("--limit", type=int, help="only the first N problems")
     p.add_argument("--prompt-template", help="user turn; {problem} is replaced (default: Qwen2.5-Math CoT prompt)")
     p.add_argument("--dtype", default="bfloat16", help="weight and compute dtype for sampling (default bfloat16)")
@@ -94,7 +98,8 @@ def _run(args: argparse.Namespace) -> int:
         gen = functools.partial(generate, model, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
                                 cache_dtype=args.cache_dtype)
     else:
-        engine = Engine(model, slots=args.batch_size, cache_dtype=args.cache_dtype, mesh=mesh, rules=rules)
+        engine = Engine(model, slots=args.batch_size, cache_dtype=args.cache_dtype, mesh=mesh, rules=rules,
+                        unroll_layers=not args.scan_layers)
         gen = functools.partial(engine.generate, stop_ids=tok.stop_ids, pad_id=tok.pad_id)
     results = evaluate(problems, generate_fn=gen, tokenizer=tok, benchmark=args.benchmark, n_samples=args.n_samples,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

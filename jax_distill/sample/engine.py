@@ -478,3 +478,52 @@ def generate_continuous(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequ
                     compact=compact)
     return engine.generate(prompt_token_ids, max_new_tokens, temperature, top_p, top_k, seed, stop_ids, pad_id,
                            on_done=on_done)
+
+
+def abstract_engine_steps(model_cfg: Any, mesh: Mesh, rules: Rules, *, slots: int, cache_len: int,
+                          prompt_len: int = 512, chunk_steps: int = 64, cache_dtype: Any = "bfloat16",
+                          unroll_layers: bool = True, top_p: float = 0.95, temperature: float = 0.6,
+                          ) -> dict[str, tuple[Any, tuple, dict]]:
+    """The engine's own jitted pieces with abstract, sharded arguments (nothing allocated), for AOT plans:
+    ``{"decode": (fn, args, kwargs), "prefill": (...)}``. decode: one chunk of ``chunk_steps`` steps over ``slots``
+    rows with a ``cache_len``-slot KV cache (the cache's largest length bucket: prompt + budget); prefill: ``slots``
+    prompts of ``prompt_len`` tokens at once (every slot refilled together, as at the start of a run). Weights in
+    ``model_cfg``'s dtype (plans pass bfloat16), laid out as `Engine` lays them out (with ``unroll_layers`` also the
+    per-layer copy the engine keeps)."""
+    import dataclasses
+
+    from jax_distill.model.qwen2 import init_model
+
+    cfg = dataclasses.replace(model_cfg.resolve(), scan_layers=not unroll_layers)
+    layout = DecodeLayout.build(cfg, mesh, rules, stacked=not unroll_layers)
+    if slots % layout.rows_multiple:
+        raise ValueError(f"slots {slots} must divide by the mesh's data axis ({layout.rows_multiple})")
+    model = nnx.eval_shape(lambda: init_model(cfg))
+    graphdef, state = nnx.split(model)
+
+    def sds(shape, dtype, sharding):
+        return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=sharding)
+
+    params = jax.tree.map(lambda v, s: sds(v.shape, v.dtype, s), nnx.to_pure_dict(state),
+                          param_shardings(state, mesh, rules))
+    layer_weights = None
+    if unroll_layers:
+        one = {k: sds(v.shape[1:], v.dtype, named_sharding(mesh, LAYER_AXES[k][1:], v.shape[1:], k, rules))
+               for k, v in params["layers"].items()}
+        layer_weights = [dict(one) for _ in range(cfg.num_hidden_layers)]
+    kv_shape = (slots, cfg.num_key_value_heads, cache_len, cfg.head_dim)
+    if unroll_layers:
+        kv = tuple(sds(kv_shape, cache_dtype, layout.kv) for _ in range(cfg.num_hidden_layers))
+    else:
+        kv = sds((cfg.num_hidden_layers,) + kv_shape, cache_dtype, layout.kv)
+    rep = layout.replicated
+    cache = KVCache(kv, kv, sds((slots, cache_len), jnp.int32, layout.segments), sds((slots,), jnp.int32, rep))
+    rows = _Rows(*(sds((slots,), dt, rep) for dt in (jnp.int32, jnp.int32, jnp.int32, jnp.uint32, jnp.bool_)))
+    sp = _Sampling(sds((2,), jnp.int32, rep), sds((), jnp.float32, rep), sds((), jnp.float32, rep),
+                   sds((), jnp.int32, rep))
+    opts = (top_p < 1.0, filter_cap(top_p, 0), temperature <= 0)
+    decode = (_decode, (graphdef, params, layer_weights, cache, rows, sp, sds((), jnp.int32, rep)),
+              {"steps": chunk_steps, "opts": opts, "layout": layout})
+    prefill = (_prefill, (graphdef, params, layer_weights, sds((slots, prompt_len), jnp.int32, layout.segments),
+                          sds((slots,), jnp.int32, rep)), {"kv_dtype": jnp.dtype(cache_dtype), "layout": layout})
+    return {"decode": decode, "prefill": prefill}

@@ -124,3 +124,25 @@ def test_eval_refuses_a_bad_mesh(tiny_hf, tmp_path, capsys):
                           ("data=4,tensor=4", "needs 16 devices, have 8"), ("fsdp=2", "no fsdp axis")):
         assert main(["eval", "--model", str(tiny_hf), *EVAL_ARGS, "--mesh", mesh, "--out", str(tmp_path)]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("jax_distill.plan.topology", fromlist=["x"]).libtpu_available(),
+                    reason="libtpu not installed (pip install 'jax-distill[tpu]')")
+def test_plan_eval_on_a_tpu_decode_mesh(capsys):
+    """`plan --eval` compiles the engine's decode chunk and prefill on a (data, tensor) decode mesh of a v5p-8: the
+    compiled arguments are the weights and the KV cache at the per-chip sizes the decode rules give."""
+    import json
+
+    assert main(["plan", "--model", "tiny", "--topology", "v5p-8", "--eval", "--decode-slots", "8",
+                 "--decode-len", "1024", "--decode-prompt-len", "64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2} and out["fits"] is True
+    # tiny: 2 layers, 2 kv heads of 16: k and v of 8 rows x 1024 slots in bf16, rows over data, kv heads over tensor
+    assert out["cache_bytes_per_chip"] == 2 * 2 * 8 * 2 * 1024 * 16 * 2 // (2 * 2)
+    d = out["decode"]
+    resident = out["weights_bytes_per_chip"] - out["held_outside_bytes"] + out["cache_bytes_per_chip"]
+    segments = 8 * 1024 * 4 // 2  # the cache's int32 segment ids, rows over data
+    # (plus TPU layout padding: the tiny model's small arrays are padded to (8, 128) tiles)
+    assert resident <= d["argument_bytes"] <= 1.15 * (resident + segments)
+    assert d["per_chip_bytes"] >= d["argument_bytes"] + out["held_outside_bytes"]
+    assert out["prefill"]["fits"] is True and out["prefill"]["per_chip_bytes"] < out["capacity_bytes"]
