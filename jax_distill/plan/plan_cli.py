@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "compile the training step ahead of time for a TPU slice or GPU nodes: per-chip memory, fit, FLOPs, step time"
-DESCRIPTION = """Compile the real sharded training step (and the sampler's decode step) for a TPU slice or for NVIDIA GPU
+HELP = ("compile the training step (or eval's decode, --eval) ahead of time for a TPU slice or GPU nodes: per-chip "
+        "memory, fit, FLOPs, step time")
+DESCRIPTION = """Compile the real sharded training step (or the eval engine's decode) for a TPU slice or for NVIDIA GPU
 nodes from this CPU host, without the accelerator and without allocating. TPU slices (v5p-N, v5e-N, v6e-N) need libtpu
 (pip install 'jax-distill[tpu]'); GPU topologies ([NODESx]GPUSxKIND: 8xh100, 2x8xh100, 8xa100, 8xh200, 8xb200) need
 the CUDA PJRT plugin (pip install 'jax-distill[gpu-plan]') and XLA GPU target specs (--gpu-specs). Reports per-chip peak
 memory against the device's memory, whether it fits, tokens and analytic FLOPs per step (6N + causal attention), and
-the step time and throughput implied by an assumed MFU; for GPUs also a roofline step time over the compiled program."""
+the step time and throughput implied by an assumed MFU; for GPUs also a roofline step time over the compiled program.
+--eval (alone) or --decode (beside training) plans evaluation instead: the eval engine's decode chunk and prefill on
+a decode mesh (weights on tensor, rows on data), e.g.
+  jax-distill plan --model qwen2.5-math-72b --topology v5p-128 --eval --decode-mesh data=8,tensor=8"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -195,10 +199,11 @@ def _run_eval(args: argparse.Namespace, topo, gpu: bool, model_cfg) -> int:
 
     e = _plan_eval(args, topo, gpu, model_cfg)
     ctx = model_cfg.resolve().max_position_embeddings
+    warnings = [] if args.decode_len <= ctx else [
+        (f"--decode-len {args.decode_len} exceeds the model's max_position_embeddings {ctx} (the checkpoint was "
+         "not trained on positions that far)")]
     d = {"model": model_cfg.preset or args.config, "topology": topo.name, "chips": topo.chips, **e,
-         "warnings": [] if args.decode_len <= ctx else [
-             f"--decode-len {args.decode_len} exceeds the model's max_position_embeddings {ctx} (the checkpoint "
-             "was not trained on positions that far)"]}
+         "warnings": warnings}
     if args.json:
         print(json.dumps(d))
         return 0

@@ -55,6 +55,7 @@ def test_eval_on_a_data_tensor_mesh_equals_one_device(tiny_hf, one_device, tmp_p
     assert manifest["mesh"]["rules"]["embed"] is None and manifest["mesh"]["rules"]["heads"] == "tensor"
 
 
+@pytest.mark.slow  # two fresh JAX processes compiling the engine: ~50 s on 2 shared cores
 def test_eval_under_two_processes_equals_one_device(tiny_hf, one_device, tmp_path):
     port = str(free_port())
     out = tmp_path / "two"
