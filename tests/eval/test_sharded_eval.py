@@ -147,3 +147,23 @@ def test_plan_eval_on_a_tpu_decode_mesh(capsys):
     assert resident <= d["argument_bytes"] <= 1.15 * (resident + segments)
     assert d["per_chip_bytes"] >= d["argument_bytes"] + out["held_outside_bytes"]
     assert out["prefill"]["fits"] is True and out["prefill"]["per_chip_bytes"] < out["capacity_bytes"]
+
+
+def test_plan_eval_on_gpus(capsys):
+    """The same eval plan for one node of 8 H100s: the decode mesh given, the budget what JAX may allocate."""
+    import json
+
+    from tests.plan.test_plan_gpu import needs_gpu_compiler
+
+    if needs_gpu_compiler.args[0]:
+        pytest.skip(needs_gpu_compiler.kwargs["reason"])
+    from jax_distill.plan.gpu import load_gpu_spec, parse_gpu_topology, usable_bytes
+
+    assert main(["plan", "--model", "tiny", "--topology", "8xh100", "--eval", "--decode-mesh", "data=4,tensor=2",
+                 "--decode-slots", "8", "--decode-len", "512", "--decode-prompt-len", "64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mesh"] == {"data": 4, "fsdp": 1, "tensor": 2} and out["fits"] is True
+    assert out["capacity_bytes"] == usable_bytes(load_gpu_spec(parse_gpu_topology("8xh100").kind))
+    assert out["cache_bytes_per_chip"] == 2 * 2 * 8 * 2 * 512 * 16 * 2 // (4 * 2)
+    resident = out["weights_bytes_per_chip"] - out["held_outside_bytes"] + out["cache_bytes_per_chip"]
+    assert resident <= out["decode"]["argument_bytes"] <= 1.15 * (resident + 8 * 512 * 4 // 4)
