@@ -1,4 +1,4 @@
-"""Compile the real training step (and the sampler's decode step) ahead of time for a TPU slice, from a CPU host.
+"""Compile the real training step ahead of time for a TPU slice, from a CPU host (eval's decode: plan/decode.py).
 
 Nothing is allocated: parameters, optimizer state and batches are `jax.ShapeDtypeStruct`s with `NamedSharding`s over
 the slice's abstract devices. The compiled executable's `memory_analysis().peak_memory_in_bytes` is the per-chip
@@ -87,26 +87,9 @@ def plan_training(model_cfg: ModelConfig, topo: Topology, *, seq_len: int, batch
                         hbm_bytes=topo.hbm_bytes, tokens_per_step=tokens, flops_per_step=flops,
                         flops_per_token=fpt, step_time_s=step_time, assumed_mfu=assumed_mfu,
                         tokens_per_second=tokens / step_time, compile_seconds=compile_s, error=error)
-    if decode_batch and decode_len:
-        result.decode = plan_decode(cfg, mesh, decode_batch, decode_len, topo)
     if compiler_flops:
         result.compiler_flops_per_step = compiler_flops_extrapolated(cfg, mesh, batch_size, seq_len)
     return result
-
-
-def plan_decode(cfg: ModelConfig, mesh: Mesh, batch: int, max_len: int, topo: Topology) -> dict[str, Any]:
-    """Per-chip memory of one sampler decode step with a [batch, max_len] KV cache (bf16 weights and cache)."""
-    from jax_distill.sample.sampler import abstract_decode_step
-
-    scfg = dataclasses.replace(cfg, dtype="bfloat16", param_dtype="bfloat16")
-    fn, args = abstract_decode_step(scfg, mesh, batch_size=batch, max_len=max_len)
-    try:
-        compiled = fn.lower(*args).compile()
-        peak = _peak_bytes(compiled)
-        return {"batch": batch, "max_len": max_len, "per_chip_bytes": peak,
-                "fits": peak is None or peak <= topo.hbm_bytes}
-    except Exception as err:  # noqa: BLE001
-        return {"batch": batch, "max_len": max_len, "fits": False, "error": str(err).splitlines()[0][:300]}
 
 
 def compiler_flops_extrapolated(cfg: ModelConfig, mesh: Mesh, batch_size: int, seq_len: int) -> float | None:
