@@ -27,6 +27,11 @@ COMMANDS: dict[str, str] = {
     "cost": "jax_distill.plan.cost_cli",
 }
 
+# Subcommands owned by a later layer than their command's module (`data distill` samples with `sample/` and reads the
+# eval sets of `eval/`, which `data/` may not import): added to that command's subparsers here.
+SUBCOMMANDS: dict[str, dict[str, str]] = {
+    "data": {"distill": "jax_distill.distill.cli"},
+}
 
 # One example per command, shown under its --help.
 EXAMPLES: dict[str, str] = {
@@ -98,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
                     and action.default is not False:
                 action.help = "(default: %(default)s)"
         p.set_defaults(_run=module.run)
+        for sub_name, sub_module_name in SUBCOMMANDS.get(name, {}).items():
+            sub_module = importlib.import_module(sub_module_name)
+            subparsers = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+            sp = subparsers.add_parser(sub_name, help=sub_module.HELP, description=sub_module.DESCRIPTION,
+                                       formatter_class=HelpFormatter)
+            sub_module.add_arguments(sp)
+            sp.set_defaults(_run=sub_module.run)  # a subparser's defaults win over its parent's
     return parser
 
 

@@ -15,6 +15,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from jax_distill.paths import as_path
+
 T = TypeVar("T")
 
 
@@ -171,7 +173,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
     if path is not None:
         where = str(path)
         try:
-            text = Path(path).read_text()
+            text = as_path(path).read_text()  # local or gs:// (a pod's workers read one shared copy)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         try:

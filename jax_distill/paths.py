@@ -18,7 +18,7 @@ from typing import Union
 
 os.environ.setdefault("EPATH_USE_TF", "false")
 
-from etils import epath  # noqa: E402
+from etils import epath
 
 PathLike = Union[str, os.PathLike]
 _CHUNK = 16 * 2**20
@@ -62,3 +62,19 @@ def download(src: PathLike, local_dir: PathLike) -> Path:
         else:
             copy_file(f, out / f.name)
     return out
+
+
+def write_atomic(path: PathLike, data: bytes) -> None:
+    """Write ``data`` so that readers see the old file or the whole new one, never a part: locally a temp file in
+    the same folder renamed over ``path``; on an object store one upload (an object appears whole when finalized)."""
+    out = as_path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if is_remote(path):
+        out.write_bytes(data)
+        return
+    tmp = Path(os.fspath(out) + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.fspath(out))

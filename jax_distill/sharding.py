@@ -50,6 +50,12 @@ DEFAULT_RULES: Rules = (
 )
 LOGICAL_AXES = tuple(name for name, _ in DEFAULT_RULES)
 
+# Sampling (eval) runs on a decode mesh of its own: weights are read in full on every decode step, so an FSDP split
+# would all-gather every weight per token. Weights are split only over `tensor` (heads, kv heads, MLP, vocabulary:
+# Megatron-style, each chip holds 1/tensor of each layer) and replicated over `data`; rows (decode slots) and the KV
+# cache's batch go over `data`, the cache's kv heads over `tensor`. A decode mesh has fsdp = 1.
+DECODE_RULES: Rules = tuple((name, {"batch": "data", "embed": None}.get(name, target)) for name, target in DEFAULT_RULES)
+
 
 class ShardingFallbackWarning(UserWarning):
     """An array dimension could not be split over the mesh axes its rule names, so it is replicated along them."""
@@ -83,13 +89,22 @@ class MeshConfig:
                 raise ValueError(f"mesh.{name} = {size}: a size must be >= 1, or -1 for all remaining devices")
         self.axis_rules()
 
-    def axis_rules(self) -> Rules:
-        """:data:`DEFAULT_RULES` with this run's overrides applied, checked."""
+    def axis_rules(self, base: Rules = DEFAULT_RULES) -> Rules:
+        """``base`` (:data:`DEFAULT_RULES`, or :data:`DECODE_RULES` for a decode mesh) with this run's overrides
+        applied, checked."""
         unknown = sorted(set(self.rules) - set(LOGICAL_AXES))
         if unknown:
             raise ValueError(f"mesh.rules: unknown logical axis {unknown}; known: {list(LOGICAL_AXES)}")
         return tuple((name, _as_target(self.rules.get(name, target), f"mesh.rules.{name}"))
-                     for name, target in DEFAULT_RULES)
+                     for name, target in base)
+
+    def validate_decode(self) -> None:
+        """A decode mesh (see :data:`DECODE_RULES`): data and tensor axes only."""
+        self.validate()
+        if self.fsdp != 1:
+            raise ValueError(f"mesh.fsdp = {self.fsdp}: a decode mesh has no fsdp axis (weights are split over "
+                             "tensor and replicated over data); put the devices on data or tensor")
+        self.axis_rules(DECODE_RULES)
 
     def shape(self, n_devices: int) -> tuple[int, int, int]:
         sizes = [self.data, self.fsdp, self.tensor]
@@ -104,6 +119,33 @@ class MeshConfig:
             raise ValueError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} needs {math.prod(sizes)} "
                              f"devices, have {n_devices}")
         return tuple(sizes)  # type: ignore[return-value]
+
+
+def parse_mesh_spec(spec: str, rules: Sequence[str] = (), *, decode: bool = False) -> MeshConfig:
+    """A MeshConfig from command-line text: ``spec`` "data=2,tensor=2" (axes not named: the MeshConfig defaults, or
+    for a decode mesh fsdp 1 and data the remaining devices) and ``rules`` ["kv_heads=null", "mlp=fsdp+tensor"].
+    Raises ValueError naming the bad part."""
+    sizes: dict[str, int] = {"fsdp": 1} if decode else {}
+    for part in filter(None, (x.strip() for x in spec.split(","))):
+        name, eq, value = part.partition("=")
+        if not eq or name.strip() not in MESH_AXES:
+            raise ValueError(f"mesh {spec!r}: {part!r} is not AXIS=SIZE with AXIS in {list(MESH_AXES)}")
+        try:
+            sizes[name.strip()] = int(value)
+        except ValueError:
+            raise ValueError(f"mesh {spec!r}: size {value!r} of {name.strip()} is not an integer") from None
+    overrides: dict[str, Any] = {}
+    for r in rules:
+        name, eq, value = r.partition("=")
+        if not eq:
+            raise ValueError(f"rule {r!r}: expected LOGICAL_AXIS=MESH_AXES (e.g. kv_heads=null, mlp=fsdp+tensor)")
+        value = value.strip()
+        overrides[name.strip()] = None if value.lower() in ("", "null", "none") else value.split("+")
+    if decode and "data" not in sizes:
+        sizes["data"] = 1 if -1 in sizes.values() else -1
+    cfg = MeshConfig(**sizes, rules=overrides)
+    cfg.validate_decode() if decode else cfg.validate()
+    return cfg
 
 
 def make_mesh(cfg: MeshConfig | None = None, devices: Sequence[Any] | None = None) -> Mesh:

@@ -5,9 +5,18 @@ resume after preemption, tear down. Every subcommand takes --dry-run, which prin
     python launch/tpu_vm.py create --name r1 --zone us-east5-a --accelerator-type v5p-128 --spot --dry-run
     python launch/tpu_vm.py setup  --name r1 --zone us-east5-a --package 'jax-distill[tpu] @ git+https://...'
     python launch/tpu_vm.py run    --name r1 --zone us-east5-a --config configs/qwen2.5-math-72b_v5p-128.yaml
+    python launch/tpu_vm.py run    --name r1 --zone us-east5-a --config gs://BUCKET/runs/r1/config.yaml
     python launch/tpu_vm.py logs   --name r1 --zone us-east5-a
     python launch/tpu_vm.py resume --name r1 --zone us-east5-a --accelerator-type v5p-128 --spot --config ...
     python launch/tpu_vm.py delete --name r1 --zone us-east5-a
+
+`setup` installs uv and, with it, a standalone CPython 3.11 and a virtual environment (``jax-distill-venv`` in each
+worker's home) holding the package: the stock TPU runtime images ship an older system Python than the package needs.
+`run` ships a local config to every worker (``scp --worker=all`` to ``jax-distill-run.yaml``) or passes a ``gs://``
+config through (every worker reads the same object). Each worker then runs :func:`worker_command`, which
+``launch/rehearse.py`` runs as local processes to rehearse a pod on one machine. `create --data-disk` attaches a
+read-only persistent disk (e.g. one holding the 72B weights) to every worker, and `setup --mount-data-disk` mounts it
+at /mnt/disks/models, where the shipped configs put ``model.weights``: every host reads them from a local disk.
 
 Names and arguments are validated against strict patterns and every argument is shell-quoted, so nothing a user
 passes can inject shell code, locally or on the workers.
@@ -26,6 +35,12 @@ ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
 ACCEL = re.compile(r"^(v5p|v5litepod|v6e|v4|v5e)-[0-9]+$")
 VERSION = re.compile(r"^[A-Za-z0-9._-]+$")
 PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
+DISK = re.compile(r"^projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/(zones|regions)/[a-z0-9-]+/disks/[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+PYTHON = "3.11"  # the package needs >= 3.11; uv installs it next to whatever the runtime image ships
+VENV = "jax-distill-venv"  # in each worker's home (the ssh command's working directory)
+UV = "$HOME/.local/bin/uv"  # where uv's installer puts it
+REMOTE_CONFIG = "jax-distill-run.yaml"  # a local --config is copied here on every worker
+DATA_MOUNT = "/mnt/disks/models"  # where the shipped configs expect model.weights
 # Runtime images per generation (override with --version).
 RUNTIME = {"v5p": "v2-alpha-tpuv5", "v5litepod": "v2-alpha-tpuv5-lite", "v5e": "v2-alpha-tpuv5-lite",
            "v6e": "v2-alpha-tpuv6e", "v4": "tpu-ubuntu2204-base"}
@@ -64,25 +79,55 @@ def cmd_create(args) -> list[list[str]]:
              args.accelerator_type, "--version", version]
     if args.spot:
         c.append("--spot")
+    if args.data_disk:
+        c += ["--data-disk", f"source={args.data_disk},mode=read-only"]
     return [c]
 
 
+def setup_script(package: str, mount_data_disk: bool = False) -> str:
+    """The shell each worker runs to get a Python that fits the package: uv, CPython 3.11, a venv, the package."""
+    steps = ["curl -LsSf https://astral.sh/uv/install.sh | sh",
+             f"{UV} python install {PYTHON}",
+             f"{UV} venv --allow-existing --python {PYTHON} {VENV}",
+             f"{UV} pip install --python {VENV}/bin/python --upgrade {shlex.quote(package)}",
+             f"{VENV}/bin/jax-distill --help > /dev/null"]
+    if mount_data_disk:  # the read-only disk from `create --data-disk` (google-persistent-disk-1 on every worker)
+        steps += [f"sudo mkdir -p {DATA_MOUNT}",
+                  f"sudo mount -o ro,noload /dev/disk/by-id/google-persistent-disk-1 {DATA_MOUNT}"]
+    return " && ".join(steps)
+
+
 def cmd_setup(args) -> list[list[str]]:
-    remote = "python3 -m pip install --upgrade pip && python3 -m pip install --upgrade " + shlex.quote(args.package)
-    return [_ssh(args, remote)]
+    return [_ssh(args, setup_script(args.package, args.mount_data_disk))]
+
+
+def remote_config(config: str) -> str:
+    """The config path the workers read: a gs:// URI as given, a local file under its shipped name."""
+    return config if config.startswith("gs://") else REMOTE_CONFIG
+
+
+def worker_command(config: str, overrides: list[str], resume: bool, venv: str = VENV) -> str:
+    """The training command every worker runs (the same on each; `jax.distributed` finds the worker's rank)."""
+    quoted = " ".join(shlex.quote(_safe_text(o, "override")) for o in overrides)
+    run = f"{shlex.quote(venv + '/bin/jax-distill')} train --config {shlex.quote(config)}"
+    return (run + (f" {quoted}" if quoted else "") + " --no-progress" + (" --resume" if resume else ""))
+
+
+def _ship_config(args) -> list[list[str]]:
+    if args.config.startswith("gs://"):
+        return []
+    return [["gcloud", "compute", "tpus", "tpu-vm", "scp", args.config, f"{args.name}:{REMOTE_CONFIG}",
+             *_base(args), "--worker=all"]]
 
 
 def _train(args, resume: bool) -> str:
-    cfg = shlex.quote(args.config)
     log = shlex.quote(f"train-{args.name}.log")
-    overrides = " ".join(shlex.quote(_safe_text(o, "override")) for o in args.overrides)
-    run = f"jax-distill train --config {cfg} {overrides} --no-progress" + (" --resume" if resume else "")
     # Detached, so the ssh session may end; output goes to a log on each worker.
-    return f"nohup {run} > {log} 2>&1 < /dev/null &"
+    return f"nohup {worker_command(remote_config(args.config), args.overrides, resume)} > {log} 2>&1 < /dev/null &"
 
 
 def cmd_run(args) -> list[list[str]]:
-    return [_ssh(args, _train(args, args.resume))]
+    return _ship_config(args) + [_ssh(args, _train(args, args.resume))]
 
 
 def cmd_logs(args) -> list[list[str]]:
@@ -92,7 +137,7 @@ def cmd_logs(args) -> list[list[str]]:
 def cmd_resume(args) -> list[list[str]]:
     """After a preemption the VM is gone (spot) or stopped: recreate it, reinstall, rerun with --resume.
     Checkpoints live in the config's checkpoint.dir (a gs:// path for preemptible runs), so nothing is lost."""
-    return cmd_delete(args) + cmd_create(args) + cmd_setup(args) + [_ssh(args, _train(args, True))]
+    return cmd_delete(args) + cmd_create(args) + cmd_setup(args) + _ship_config(args) + [_ssh(args, _train(args, True))]
 
 
 def cmd_delete(args) -> list[list[str]]:
@@ -117,7 +162,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--spot", action="store_true", help="spot (preemptible) capacity")
     p.add_argument("--queued", action="store_true", help="use a queued resource instead of a plain TPU VM")
     p.add_argument("--package", default="jax-distill[tpu]", help="pip requirement installed on every worker")
-    p.add_argument("--config", help="run config path on the workers (run, resume)")
+    p.add_argument("--config", help="run config: a local file (copied to every worker) or gs://... (run, resume)")
+    p.add_argument("--data-disk", help="create: attach this persistent disk read-only to every worker "
+                                       "(projects/P/zones/Z/disks/NAME, e.g. holding the weights)")
+    p.add_argument("--mount-data-disk", action="store_true",
+                   help=f"setup: mount the --data-disk read-only at {DATA_MOUNT} on every worker")
     p.add_argument("--resume", action="store_true", help="run: continue from the latest checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the gcloud commands, run nothing")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for run/resume")
@@ -132,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     _check(args.accelerator_type, ACCEL, "accelerator type")
     _check(args.version, VERSION, "runtime version")
     _safe_text(args.package, "package")
+    _check(args.data_disk, DISK, "data disk")
     if args.command in ("create", "resume") and not args.accelerator_type:
         raise SystemExit(f"{args.command} needs --accelerator-type")
     if args.command in ("run", "resume"):

@@ -75,3 +75,17 @@ def test_config_file_errors_name_the_file(tmp_path):
     bad.write_text("mesh: {rules: {headz: tensor}}\n")
     with pytest.raises(ConfigError, match=r"unknown logical axis \['headz'\]"):
         load_config(RunConfig, bad)
+
+
+def test_config_read_from_gcs(gcs):
+    """`--config gs://...`: every worker of a pod reads the same config object (launch/tpu_vm.py run)."""
+    from jax_distill.paths import as_path
+
+    from tests.conftest import REPO_ROOT
+
+    bucket = gcs.make_bucket("jd-config-test")
+    (as_path(bucket) / "run.yaml").write_text((REPO_ROOT / "configs" / "tiny_cpu.yaml").read_text())
+    cfg = load_config(RunConfig, f"{bucket}/run.yaml", ["distributed.heartbeat_timeout_s=10"])
+    assert cfg.name == "tiny_cpu" and len(cfg.stages) == 2 and cfg.distributed.heartbeat_timeout_s == 10
+    with pytest.raises(ConfigError, match="config file not found: gs://jd-config-test/missing.yaml"):
+        load_config(RunConfig, f"{bucket}/missing.yaml")

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jax_distill"
 # Layer of each top-level module or subpackage; a module may import its own layer and the ones below it.
 LAYERS = {
     "config": 0, "errors": 0, "sharding": 0, "answers": 0, "hardware": 0, "manifest": 0, "paths": 0,
-    "data": 1, "model": 2, "train": 3, "sample": 4, "eval": 5, "plan": 6, "demo": 7,
+    "data": 1, "model": 2, "train": 3, "sample": 4, "eval": 5, "distill": 6, "plan": 6, "demo": 7,
     "cli": 8, "__init__": 8,  # entry points: the CLI dispatcher and the lazy public API
 }
 

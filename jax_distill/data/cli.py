@@ -7,7 +7,8 @@ import typing
 
 from jax_distill.data.config import DataConfig
 
-HELP = "trace data: stats (records, skips, tokens, packing) and reformat (stage-1 rewriting of problem sets)"
+HELP = ("trace data: stats (records, skips, tokens, packing), reformat (stage-1 rewriting of problem sets), "
+        "distill (stage-2 teacher traces)")
 
 
 def _choices(field: str) -> list[str]:

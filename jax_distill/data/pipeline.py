@@ -190,10 +190,16 @@ def _check_not_empty(report: PipelineReport, files: list[str], strict: bool) -> 
 
 def load_documents(cfg: DataConfig, tokenizer: Tokenizer, process_index: int = 0,
                    process_count: int = 1) -> tuple[list[dict[str, np.ndarray]], PipelineReport]:
-    """This host's share of files, read, validated and tokenized (with the skip/truncation report)."""
-    files = host_share(list_files(cfg.paths), process_index, process_count)
+    """This host's share of the data, read, validated and tokenized (with the skip/truncation report): its share of
+    the files, or, with fewer files than hosts (a small held-out set, the tiny configs), every file and every
+    ``process_count``-th record (disjoint and complete either way)."""
+    files = list_files(cfg.paths)
     report = PipelineReport()
-    traces, report.read = read_traces(files, cfg)
+    if process_count > len(files):
+        traces, report.read = read_traces(files, cfg, record_share=(process_index, process_count))
+    else:
+        files = host_share(files, process_index, process_count)
+        traces, report.read = read_traces(files, cfg)
     _check_not_empty(report, files, cfg.strict)
     return tokenize_traces(traces, tokenizer, cfg, report), report
 

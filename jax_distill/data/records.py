@@ -125,10 +125,14 @@ def _parquet_records(data: bytes) -> Iterator[tuple[int, Any, str | None]]:
         yield n, row, None
 
 
-def read_traces(files: list[str], cfg: DataConfig, report: ReadReport | None = None) -> tuple[list[Trace], ReadReport]:
-    """Read and validate every record of ``files`` (in order)."""
+def read_traces(files: list[str], cfg: DataConfig, report: ReadReport | None = None,
+                record_share: tuple[int, int] | None = None) -> tuple[list[Trace], ReadReport]:
+    """Read and validate every record of ``files`` (in order). ``record_share=(i, n)``: only the records whose
+    position over all the files is i modulo n (one host's share when there are fewer files than hosts); the report
+    then counts that share only."""
     report = report or ReadReport()
     traces: list[Trace] = []
+    position = 0
     for url in files:
         before = (report.records, report.kept)
         fmt = cfg.format
@@ -137,6 +141,9 @@ def read_traces(files: list[str], cfg: DataConfig, report: ReadReport | None = N
         data = read_bytes(url)
         rows = _parquet_records(data) if fmt == "parquet" else _jsonl_records(url, data)
         for line, rec, error in rows:
+            position += 1
+            if record_share is not None and (position - 1) % record_share[1] != record_share[0]:
+                continue
             report.records += 1
             where = f"{url}:{line}"
             if error is not None:

@@ -1,4 +1,4 @@
-"""Compile the real training step (and the sampler's decode step) ahead of time for a TPU slice, from a CPU host.
+"""Compile the real training step ahead of time for a TPU slice, from a CPU host (eval's decode: plan/decode.py).
 
 Nothing is allocated: parameters, optimizer state and batches are `jax.ShapeDtypeStruct`s with `NamedSharding`s over
 the slice's abstract devices. The compiled executable's `memory_analysis().peak_memory_in_bytes` is the per-chip
@@ -64,7 +64,6 @@ def compile_train_step(model_cfg: ModelConfig, mesh: Mesh, batch_size: int, seq_
 
 def plan_training(model_cfg: ModelConfig, topo: Topology, *, seq_len: int, batch_size: int,
                   mesh_cfg: MeshConfig | None = None, grad_accum: int = 1, assumed_mfu: float = 0.4,
-                  decode_batch: int | None = None, decode_len: int | None = None,
                   compiler_flops: bool = False, estimate: bool = True) -> PlanResult:
     """Compile stage training for ``topo`` and report memory, fit, FLOPs, the step time at ``assumed_mfu`` and
     (``estimate``) the compiler's step-time estimate (plan/step_time.py; ``compiler_flops`` comes with it)."""
@@ -91,8 +90,6 @@ def plan_training(model_cfg: ModelConfig, topo: Topology, *, seq_len: int, batch
                         hbm_bytes=topo.hbm_bytes, tokens_per_step=tokens, flops_per_step=flops,
                         flops_per_token=fpt, step_time_s=step_time, assumed_mfu=assumed_mfu,
                         tokens_per_second=tokens / step_time, compile_seconds=compile_s, error=error)
-    if decode_batch and decode_len:
-        result.decode = plan_decode(cfg, mesh, decode_batch, decode_len, topo)
     if estimate or compiler_flops:
         from jax_distill.plan.step_time import estimate_tpu_step
 
@@ -101,18 +98,3 @@ def plan_training(model_cfg: ModelConfig, topo: Topology, *, seq_len: int, batch
         result.estimate = est.as_dict()
         result.compiler_flops_per_step = est.compiler_flops_per_step
     return result
-
-
-def plan_decode(cfg: ModelConfig, mesh: Mesh, batch: int, max_len: int, topo: Topology) -> dict[str, Any]:
-    """Per-chip memory of one sampler decode step with a [batch, max_len] KV cache (bf16 weights and cache)."""
-    from jax_distill.sample.sampler import abstract_decode_step
-
-    scfg = dataclasses.replace(cfg, dtype="bfloat16", param_dtype="bfloat16")
-    fn, args = abstract_decode_step(scfg, mesh, batch_size=batch, max_len=max_len)
-    try:
-        compiled = fn.lower(*args).compile()
-        peak = _peak_bytes(compiled)
-        return {"batch": batch, "max_len": max_len, "per_chip_bytes": peak,
-                "fits": peak is None or peak <= topo.hbm_bytes}
-    except Exception as err:  # noqa: BLE001
-        return {"batch": batch, "max_len": max_len, "fits": False, "error": str(err).splitlines()[0][:300]}

@@ -3,6 +3,9 @@
 Model: chip-hours = work FLOPs / (chip peak bf16 FLOP/s x efficiency) / 3600; cost = chip-hours x price per
 chip-hour. Training work is analytic model FLOPs (model/flops.py: 6N + causal attention) over the tokens trained;
 evaluation work is 2N + attention per generated token (decode is memory-bound, so it gets its own, lower efficiency).
+Data generation (stage-2 teacher traces, `jax-distill data distill`) comes from a distill_report.json: an API
+teacher's dollars as billed (the same on every line), or an open teacher's generated tokens priced like decoding
+(2N FLOPs per token at the decode efficiency) on each chip.
 Efficiency comes from a measured run (its metrics.jsonl MFU, applied to the chip it ran on and, scaled by peak, to
 the others) or from an assumed MFU. Costs are per chip-hour, so they do not depend on slice size as long as
 scaling is linear; the wall time is reported for a given number of chips.
@@ -32,6 +35,12 @@ class Workload:
     eval_samples: int = 8
     eval_output_tokens: int = 16384  # mean generated tokens per sample (long CoT)
     eval_seq_len: int = 16384
+    data: dict[str, Any] | None = None  # data generation, from `data_generation(distill_report)`
+
+    def data_flops(self) -> float:
+        """Open teacher: 2 x parameters per generated token (attention over the context left out)."""
+        d = self.data or {}
+        return 2.0 * (d.get("param_count") or 0) * d.get("generated_tokens", 0) if d.get("kind") == "open" else 0.0
 
     def train_flops(self) -> float:
         return sum(train_flops_per_token(self.model, s["seq_len"]) * s["tokens"] for s in self.stages)
@@ -52,6 +61,8 @@ class Line:
     eval_chip_hours: float
     cost_usd: float
     wall_hours_on: dict[str, float] = field(default_factory=dict)
+    data_chip_hours: float = 0.0  # open teacher: decoding the traces
+    data_api_usd: float = 0.0  # API teacher: what the traces were billed
 
 
 def load_prices(path: str | Path) -> dict[str, Any]:
@@ -83,6 +94,18 @@ def measured_mfu(run_dir: str | Path) -> tuple[float, str | None]:
     return mfus[len(mfus) // 2], kind
 
 
+def data_generation(report_path: str | Path) -> dict[str, Any]:
+    """The data-generation line's inputs from a `data distill` report (local or gs://)."""
+    from jax_distill.paths import as_path
+
+    rep = json.loads(as_path(report_path).read_text())
+    teacher = rep.get("teacher", {})
+    return {"report": str(report_path), "kind": teacher.get("kind"), "teacher": teacher.get("model"),
+            "api_usd": rep["teacher_cost"]["usd"] if teacher.get("kind") == "api" else 0.0,
+            "generated_tokens": rep["tokens"]["teacher_completion"], "param_count": teacher.get("param_count"),
+            "traces": rep["samples"]["kept"], "complete": rep.get("complete")}
+
+
 def estimate(work: Workload, prices: dict[str, Any], *, train_mfu: float = 0.4, decode_mfu: float = 0.05,
              chips_for_wall: int = 64, per_chip_mfu: dict[str, float] | None = None) -> list[Line]:
     """Cost lines for every chip in ``prices`` and both pricings."""
@@ -92,9 +115,11 @@ def estimate(work: Workload, prices: dict[str, Any], *, train_mfu: float = 0.4, 
         mfu = (per_chip_mfu or {}).get(name, train_mfu)
         train_h = work.train_flops() / (chip.peak_bf16_flops * mfu) / 3600
         eval_h = work.eval_flops() / (chip.peak_bf16_flops * decode_mfu) / 3600
+        data_h = work.data_flops() / (chip.peak_bf16_flops * decode_mfu) / 3600
+        api = (work.data or {}).get("api_usd", 0.0)
         for pricing in ("on_demand", "spot"):
-            out.append(Line(name, pricing, train_h, eval_h, (train_h + eval_h) * row[pricing],
-                            {str(chips_for_wall): (train_h + eval_h) / chips_for_wall}))
+            out.append(Line(name, pricing, train_h, eval_h, (train_h + eval_h + data_h) * row[pricing] + api,
+                            {str(chips_for_wall): (train_h + eval_h + data_h) / chips_for_wall}, data_h, api))
     return out
 
 
@@ -107,6 +132,7 @@ def report(work: Workload, lines: list[Line], prices: dict[str, Any], assumption
         "train_flops": work.train_flops(),
         "eval_tokens": work.eval_tokens(),
         "eval_flops": work.eval_flops(),
+        "data_generation": work.data,
         "prices_checked": prices.get("checked"),
         "assumptions": assumptions,
         "lines": [asdict(line) for line in lines],
@@ -114,12 +140,17 @@ def report(work: Workload, lines: list[Line], prices: dict[str, Any], assumption
 
 
 def table(rep: dict[str, Any]) -> str:
-    rows = ["| chip | pricing | train chip-hours | eval chip-hours | cost (USD) | wall hours on "
-            f"{next(iter(rep['lines'][0]['wall_hours_on']))} chips |", "|---|---|---|---|---|---|"]
+    data = bool(rep.get("data_generation"))
+    head = "| data generation (USD) " if data else ""
+    rows = [f"| chip | pricing | train chip-hours | eval chip-hours {head}| cost (USD) | wall hours on "
+            f"{next(iter(rep['lines'][0]['wall_hours_on']))} chips |", "|---" * (7 if data else 6) + "|"]
     for ln in sorted(rep["lines"], key=lambda x: x["cost_usd"]):
         wall = next(iter(ln["wall_hours_on"].values()))
+        price = (ln["cost_usd"] - ln["data_api_usd"]) / max(1e-12, ln["train_chip_hours"] + ln["eval_chip_hours"]
+                                                             + ln["data_chip_hours"])
+        gen = f"| {ln['data_api_usd'] + ln['data_chip_hours'] * price:,.2f} " if data else ""
         rows.append(f"| {ln['chip']} | {ln['pricing']} | {ln['train_chip_hours']:,.0f} | {ln['eval_chip_hours']:,.1f} "
-                    f"| {ln['cost_usd']:,.0f} | {wall:,.1f} |")
+                    f"{gen}| {ln['cost_usd']:,.0f} | {wall:,.1f} |")
     return "\n".join(rows)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "cost to reproduce stage 1 + stage 2 + AIME evaluation on TPUs and GPUs (table, JSON, PNG)"
+HELP = "cost to reproduce data generation + stage 1 + stage 2 + AIME evaluation on TPUs and GPUs (table, JSON, PNG)"
 DESCRIPTION = """Estimate the cost of a run config's two stages plus the AIME evaluation on every accelerator in the
 prices file, on-demand and spot. Training tokens per stage: the stage's dataset_tokens x epochs (else steps x batch x
-seq_len). Efficiency: measured (--from-run RUN_DIR: the median MFU in its metrics.jsonl) or assumed (--mfu)."""
+seq_len). Efficiency: measured (--from-run RUN_DIR: the median MFU in its metrics.jsonl) or assumed (--mfu). With
+--distill-report, the stage-2 traces' generation is a line of its own: an API teacher's billed dollars, or an open
+teacher's generated tokens priced as decoding on each chip."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-samples", type=int, default=8)
     p.add_argument("--eval-output-tokens", type=int, default=16384, help="mean generated tokens per sample")
     p.add_argument("--chips", type=int, default=64, help="slice size for the wall-time column")
+    p.add_argument("--distill-report", help="a `data distill` run's distill_report.json (local or gs://): adds "
+                   "the teacher's cost as the data-generation line")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", help="write a PNG bar chart here")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -30,7 +34,16 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from jax_distill.config import load_config
-    from jax_distill.plan.cost import Workload, estimate, load_prices, measured_mfu, plot, report, table
+    from jax_distill.plan.cost import (
+        Workload,
+        data_generation,
+        estimate,
+        load_prices,
+        measured_mfu,
+        plot,
+        report,
+        table,
+    )
     from jax_distill.train.config import RunConfig
 
     cfg = load_config(RunConfig, args.config, args.overrides)
@@ -43,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             tokens = cfg.stage_steps(s) * cfg.stage_batch_size(s) * s.data.seq_len
         stages.append({"name": s.name, "tokens": tokens, "seq_len": s.data.seq_len})
-    work = Workload(cfg.model, stages, args.eval_problems, args.eval_samples, args.eval_output_tokens)
+    work = Workload(cfg.model, stages, args.eval_problems, args.eval_samples, args.eval_output_tokens,
+                    data=data_generation(args.distill_report) if args.distill_report else None)
     assumptions = {"train_mfu": args.mfu, "decode_mfu": args.decode_mfu, "source": "assumed"}
     if args.from_run:
         mfu, kind = measured_mfu(args.from_run)
@@ -60,5 +74,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{rep['model']}: {rep['train_tokens']:,} training tokens ({rep['train_flops']:.2e} FLOPs), "
               f"{rep['eval_tokens']:,} generated eval tokens; MFU {assumptions['train_mfu']:.0%} "
               f"({assumptions['source']}), decode {args.decode_mfu:.0%}; prices checked {rep['prices_checked']}")
+        if work.data:
+            d = work.data
+            print(f"data generation: {d['traces']:,} traces from {d['teacher']} ({d['kind']}): "
+                  + (f"${d['api_usd']:,.2f} billed" if d["kind"] == "api" else
+                     f"{d['generated_tokens']:,} generated tokens decoded on each chip"))
         print(table(rep))
     return 0

@@ -255,8 +255,7 @@ def compile_for_gpus(fn, args):
 
 def plan_gpu_training(model_cfg, topo: GpuTopology, *, seq_len: int, batch_size: int, mesh_cfg=None,
                       grad_accum: int = 1, assumed_mfu: float = 0.4, specs_dir: str | Path | None = None,
-                      mem_fraction: float = JAX_DEFAULT_MEM_FRACTION, decode_batch: int | None = None,
-                      decode_len: int | None = None, with_roofline: bool = True) -> GpuPlanResult:
+                      mem_fraction: float = JAX_DEFAULT_MEM_FRACTION, with_roofline: bool = True) -> GpuPlanResult:
     """Compile stage training for ``topo``'s GPUs and report memory per GPU, fit and a roofline step time."""
     import numpy as np
     from jax.sharding import Mesh
@@ -296,17 +295,4 @@ def plan_gpu_training(model_cfg, topo: GpuTopology, *, seq_len: int, batch_size:
         result.roofline_step_s = rl.overlapped_s
         if rl.overlapped_s > 0:
             result.roofline_mfu = flops / (topo.chips * topo.chip.peak_bf16_flops * rl.overlapped_s)
-    if decode_batch and decode_len:
-        result.decode = _plan_decode(cfg, mesh, decode_batch, decode_len, usable)
     return result
-
-
-def _plan_decode(cfg, mesh, batch: int, max_len: int, usable: int) -> dict[str, Any]:
-    """Peak per GPU of one sampler decode step with a [batch, max_len] bf16 KV cache."""
-    from jax_distill.sample.sampler import abstract_decode_step
-
-    scfg = dataclasses.replace(cfg, dtype="bfloat16", param_dtype="bfloat16")
-    fn, args = abstract_decode_step(scfg, mesh, batch_size=batch, max_len=max_len)
-    compiled, _ = compile_for_gpus(fn, args)
-    peak = int(compiled.memory_analysis().peak_memory_in_bytes)
-    return {"batch": batch, "max_len": max_len, "per_chip_bytes": peak, "fits": peak <= usable}

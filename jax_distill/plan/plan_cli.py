@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "compile the training step ahead of time for a TPU slice or GPU nodes: per-chip memory, fit, FLOPs, step time"
-DESCRIPTION = """Compile the real sharded training step (and the sampler's decode step) for a TPU slice or for NVIDIA GPU
+HELP = ("compile the training step (or eval's decode, --eval) ahead of time for a TPU slice or GPU nodes: per-chip "
+        "memory, fit, FLOPs, step time")
+DESCRIPTION = """Compile the real sharded training step (or the eval engine's decode) for a TPU slice or for NVIDIA GPU
 nodes from this CPU host, without the accelerator and without allocating. TPU slices (v5p-N, v5e-N, v6e-N) need libtpu
 (pip install 'jax-distill[tpu]'); GPU topologies ([NODESx]GPUSxKIND: 8xh100, 2x8xh100, 8xa100, 8xh200, 8xb200) need
 the CUDA PJRT plugin (pip install 'jax-distill[gpu-plan]') and XLA GPU target specs (--gpu-specs). Reports per-chip peak
 memory against the device's memory, whether it fits, tokens and analytic FLOPs per step (6N + causal attention), and
-the step time and throughput implied by an assumed MFU; for GPUs also a roofline step time over the compiled program."""
+the step time and throughput implied by an assumed MFU; for GPUs also a roofline step time over the compiled program.
+--eval (alone) or --decode (beside training) plans evaluation instead: the eval engine's decode chunk and prefill on
+a decode mesh (weights on tensor, rows on data), e.g.
+  jax-distill plan --model qwen2.5-math-72b --topology v5p-128 --eval --decode-mesh data=8,tensor=8"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +31,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remat", default=None, help="override the remat policy (none, full, dots)")
     p.add_argument("--attention", default=None, choices=["xla", "chunked", "dot_product", "cudnn", "splash"],
                    help="override the attention implementation (with --model: cudnn on GPUs, splash on TPUs)")
-    p.add_argument("--decode", action="store_true", help="also compile the sampler's decode step (batch 8, 32k)")
+    p.add_argument("--decode", action="store_true",
+                   help="also plan eval: the eval engine's decode chunk and prefill compiled on a decode mesh "
+                        "(weights, KV cache and temporaries per chip; see --decode-*)")
+    p.add_argument("--eval", action="store_true", help="plan eval only (as --decode, without the training step)")
+    p.add_argument("--decode-mesh", metavar="data=D,tensor=T",
+                   help="eval's decode mesh (default: tensor = the largest power of two <= 8 dividing the chips and "
+                        "the kv heads, data = the rest), e.g. data=8,tensor=8 for a v5p-128")
+    p.add_argument("--decode-rule", action="append", default=[], metavar="LOGICAL=AXES",
+                   help="override a decode sharding rule (sharding.DECODE_RULES), e.g. kv_heads=null")
+    p.add_argument("--decode-slots", type=int, default=64, help="decode slots (eval --batch-size; default 64)")
+    p.add_argument("--decode-len", type=int, default=33792,
+                   help="KV cache slots per row: prompt + output budget (default 33792: 32k output + 1k)")
+    p.add_argument("--decode-prompt-len", type=int, default=512,
+                   help="prompt length of the prefill compiled for every slot at once (default 512)")
+    p.add_argument("--decode-scan-layers", action="store_true",
+                   help="plan eval --scan-layers (layer scan, stacked cache: weights held once); default: layers "
+                        "unrolled, as eval runs by default (a per-layer copy of the weights is held too)")
     p.add_argument("--estimate", action=argparse.BooleanOptionalAction, default=True,
                    help="TPU: estimate the step time and MFU from the compiler's cost model (1- and 2-layer unrolled "
                         "compiles, splash kernels added; see docs/cost.md) (default: on)")
@@ -87,15 +107,18 @@ def run(args: argparse.Namespace) -> int:
         model_cfg = dataclasses.replace(model_cfg, attention=args.attention)
     from flax import nnx
 
+    if args.eval:
+        return _run_eval(args, topo, gpu, model_cfg)
     with nnx.logical_axis_rules(mesh_cfg.axis_rules()):  # the run's sharding rules, as training applies them
         if gpu:
             return _run_gpu(args, topo, model_cfg, mesh_cfg, seq_len, batch, grad_accum)
         from jax_distill.plan.aot import plan_training
 
         result = plan_training(model_cfg, topo, seq_len=seq_len, batch_size=batch, mesh_cfg=mesh_cfg,
-                               grad_accum=grad_accum, assumed_mfu=args.mfu,
-                               decode_batch=8 if args.decode else None, decode_len=32768 if args.decode else None,
-                               compiler_flops=args.compiler_flops, estimate=args.estimate)
+                               grad_accum=grad_accum, assumed_mfu=args.mfu, compiler_flops=args.compiler_flops,
+                               estimate=args.estimate)
+    if args.decode:
+        result.decode = _plan_eval(args, topo, gpu, model_cfg)
     d = _describe(result.as_dict(), args, model_cfg, seq_len)
     if args.json:
         print(json.dumps(d))
@@ -120,10 +143,86 @@ def run(args: argparse.Namespace) -> int:
     if args.compiler_flops and result.compiler_flops_per_step:
         print(f"  compiler FLOPs/step (extrapolated, kernels added): {result.compiler_flops_per_step:.3e}")
     if result.decode:
-        print(f"  decode step: {result.decode}")
+        print("\n".join(_eval_lines(result.decode)))
     for w in d["warnings"]:
         print(f"  warning: {w}")
     print(f"  compiled in {result.compile_seconds:.0f} s")
+    return 0
+
+
+def _plan_eval(args: argparse.Namespace, topo, gpu: bool, model_cfg) -> dict:
+    """The eval configuration (plan/decode.py) on ``topo``'s chips: TPU HBM, or what JAX may allocate on a GPU."""
+    from jax_distill.plan.decode import default_decode_mesh, plan_eval
+    from jax_distill.sharding import parse_mesh_spec
+
+    try:
+        mesh_cfg = parse_mesh_spec(args.decode_mesh or "", args.decode_rule, decode=True)
+    except ValueError as err:
+        raise SystemExit(f"--decode-mesh/--decode-rule: {err}") from None
+    if not args.decode_mesh:
+        rules = mesh_cfg.rules
+        mesh_cfg = default_decode_mesh(topo.chips, model_cfg.resolve().num_key_value_heads)
+        mesh_cfg.rules = rules
+    kw = {"mesh_cfg": mesh_cfg, "slots": args.decode_slots, "cache_len": args.decode_len,
+          "prompt_len": args.decode_prompt_len, "unroll_layers": not args.decode_scan_layers}
+    try:
+        if gpu:
+            import numpy as np
+            from jax.sharding import Mesh
+
+            from jax_distill.plan import gpu as gpu_plan
+            from jax_distill.sharding import MESH_AXES
+
+            why = gpu_plan.gpu_compile_unavailable()
+            if why:
+                raise SystemExit(f"plan cannot compile for GPUs here: {why}")
+            spec = gpu_plan.load_gpu_spec(topo.kind, args.gpu_specs)
+            frac = args.mem_fraction if args.mem_fraction is not None else gpu_plan.JAX_DEFAULT_MEM_FRACTION
+            return plan_eval(model_cfg, gpu_plan.gpu_devices(topo, spec), gpu_plan.usable_bytes(spec, frac),
+                             mesh_builder=lambda c, d: Mesh(np.asarray(d).reshape(c.shape(len(d))), MESH_AXES), **kw)
+        from jax_distill.plan.topology import topology_devices
+
+        return plan_eval(model_cfg, topology_devices(topo), topo.hbm_bytes, **kw)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"eval plan: {err}") from None
+
+
+def _eval_lines(e: dict) -> list[str]:
+    gib = 2**30
+    mesh = ",".join(f"{k}={v}" for k, v in e["mesh"].items() if k != "fsdp")
+    head = (f"  eval on decode mesh {mesh}: {e['slots']} slots x {e['cache_len']:,} cache slots, layers "
+            f"{'unrolled' if e['unroll_layers'] else 'scanned'}; fits: {e['fits']}")
+    sizes = (f"    per chip: weights {e['weights_bytes_per_chip'] / gib:.1f} GiB, KV cache "
+             f"{e['cache_bytes_per_chip'] / gib:.1f} GiB, of {e['capacity_bytes'] / gib:.1f} GiB")
+    lines = [head, sizes]
+    for name in ("decode", "prefill"):
+        r = e[name]
+        what = (f"{r['per_chip_bytes'] / gib:.1f} GiB peak per chip (arguments {r['argument_bytes'] / gib:.1f} + "
+                f"temporaries {r['temp_bytes'] / gib:.1f}"
+                + (f" + {e['held_outside_bytes'] / gib:.1f} stacked weights held beside the per-layer copies"
+                   if e["held_outside_bytes"] else "") + ")") if "error" not in r else r["error"]
+        label = "decode chunk" if name == "decode" else f"prefill of {e['slots']} x {e['prompt_len']}"
+        lines.append(f"    {label}: fits {r['fits']}: {what}; compiled in {r['compile_seconds']:.0f} s")
+    return lines
+
+
+def _run_eval(args: argparse.Namespace, topo, gpu: bool, model_cfg) -> int:
+    import json
+
+    e = _plan_eval(args, topo, gpu, model_cfg)
+    ctx = model_cfg.resolve().max_position_embeddings
+    warnings = [] if args.decode_len <= ctx else [
+        (f"--decode-len {args.decode_len} exceeds the model's max_position_embeddings {ctx} (the checkpoint was "
+         "not trained on positions that far)")]
+    d = {"model": model_cfg.preset or args.config, "topology": topo.name, "chips": topo.chips, **e,
+         "warnings": warnings}
+    if args.json:
+        print(json.dumps(d))
+        return 0
+    print(f"{d['model']} eval on {topo.name} ({topo.chips} chips)")
+    print("\n".join(_eval_lines(e)))
+    for w in d["warnings"]:
+        print(f"  warning: {w}")
     return 0
 
 
@@ -152,10 +251,11 @@ def _run_gpu(args: argparse.Namespace, topo, model_cfg, mesh_cfg, seq_len: int, 
     try:
         result = plan_gpu_training(model_cfg, topo, seq_len=seq_len, batch_size=batch, mesh_cfg=mesh_cfg,
                                    grad_accum=grad_accum, assumed_mfu=args.mfu, specs_dir=args.gpu_specs,
-                                   mem_fraction=mem_fraction, decode_batch=8 if args.decode else None,
-                                   decode_len=32768 if args.decode else None)
+                                   mem_fraction=mem_fraction)
     except FileNotFoundError as err:
         raise SystemExit(str(err)) from None
+    if args.decode:
+        result.decode = _plan_eval(args, topo, gpu=True, model_cfg=model_cfg)
     d = _describe(result.as_dict(), args, model_cfg, seq_len)
     if args.json:
         print(json.dumps(d))
@@ -181,7 +281,7 @@ def _run_gpu(args: argparse.Namespace, topo, model_cfg, mesh_cfg, seq_len: int, 
         for w in rl["warnings"]:
             print(f"  roofline: {w}")
     if result.decode:
-        print(f"  decode step: {result.decode}")
+        print("\n".join(_eval_lines(result.decode)))
     for w in d["warnings"]:
         print(f"  warning: {w}")
     print(f"  compiled in {result.compile_seconds:.0f} s")

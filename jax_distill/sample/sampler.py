@@ -14,12 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from jax_distill.data.tokenize import QWEN_SPECIAL_IDS
-from jax_distill.model.config import ModelConfig
 from jax_distill.model.qwen2 import CACHE_AXES, KVCache, Qwen2ForCausalLM, with_config
-from jax_distill.sharding import named_sharding, param_shardings
+from jax_distill.sharding import named_sharding
 
 DEFAULT_STOP_IDS = (QWEN_SPECIAL_IDS["<|endoftext|>"], QWEN_SPECIAL_IDS["<|im_end|>"])
 
@@ -210,39 +209,3 @@ def generate(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]],
             ids.append(t)
         result.append(ids)
     return result
-
-
-def abstract_decode_step(model_cfg: ModelConfig, mesh: Mesh, *, batch_size: int, max_len: int):
-    """(jitted one-token decode step, abstract args) for AOT planning; allocates nothing.
-
-    The step maps (params, cache, tokens [B, 1], positions [B, 1]) -> (logits [B, 1, V], cache).
-    """
-    from jax_distill.model.qwen2 import init_model
-
-    cfg = model_cfg.resolve()
-    model = nnx.eval_shape(lambda: init_model(cfg))
-    graphdef, state = nnx.split(model)
-    p_shard = param_shardings(model, mesh)
-    params = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), nnx.to_pure_dict(state),
-                          p_shard)
-    kv_shape = (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
-    kv_sharding = named_sharding(mesh, CACHE_AXES, kv_shape)
-    row = named_sharding(mesh, ("batch", None), (batch_size, 1))
-    seg_sharding = named_sharding(mesh, ("batch", None), (batch_size, max_len))
-    rep = NamedSharding(mesh, jax.sharding.PartitionSpec())
-    dt = jnp.dtype(cfg.dtype)
-    cache = KVCache(jax.ShapeDtypeStruct(kv_shape, dt, sharding=kv_sharding),
-                    jax.ShapeDtypeStruct(kv_shape, dt, sharding=kv_sharding),
-                    jax.ShapeDtypeStruct((batch_size, max_len), jnp.int32, sharding=seg_sharding),
-                    jax.ShapeDtypeStruct((), jnp.int32, sharding=rep))
-    tok = jax.ShapeDtypeStruct((batch_size, 1), jnp.int32, sharding=row)
-
-    def step(params, cache, tokens, positions):
-        m = nnx.merge(graphdef, params)
-        return m(tokens, positions, jnp.ones_like(tokens), cache)
-
-    cache_shardings = KVCache(kv_sharding, kv_sharding, seg_sharding, rep)
-    jitted = jax.jit(step, in_shardings=(p_shard, cache_shardings, row, row),
-                     out_shardings=(named_sharding(mesh, ("batch", None, "act_vocab"), (batch_size, 1, cfg.vocab_size)),
-                                    cache_shardings), donate_argnums=(1,))
-    return jitted, (params, cache, tok, tok)

@@ -100,16 +100,18 @@ class Checkpointer:
         self._manager.reload()
         return self._manager.latest_step()
 
-    def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, Any, dict[str, Any]]:
+    def restore(self, step: int | None, abstract_state: Any, *, data: bool = True) -> tuple[Any, Any, dict[str, Any]]:
         """(state, data_state, meta) at ``step`` (None = latest). ``abstract_state``: ShapeDtypeStructs with the
-        target shardings (the current mesh, which may differ from the one that saved)."""
+        target shardings (the current mesh, which may differ from the one that saved). ``data=False`` skips this
+        process's data state (None then): reading the weights of a run saved by any number of processes."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
-        out = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ProcessJsonRestore(),
-            meta=ocp.args.JsonRestore()))
-        return out["state"], out["data"], out["meta"]
+        items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+        if data:
+            items["data"] = ProcessJsonRestore()
+        out = self._manager.restore(step, args=ocp.args.Composite(**items))
+        return out["state"], out["data"] if data else None, out["meta"]
 
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
         step = self.latest_step() if step is None else step
@@ -124,14 +126,18 @@ class Checkpointer:
 
 
 class PreemptionGuard:
-    """Turns SIGTERM (Cloud TPU preemption / maintenance, `kill`, SLURM) into a flag the training loop polls.
+    """Turns SIGTERM (Cloud TPU preemption / maintenance, `kill`, SLURM) into a stop at a step every host agrees on.
 
-    The handler only sets the flag; the loop then saves and exits. With several hosts, every host must stop at the
-    same step: JAX's preemption sync point gives that agreement."""
+    One process: a Python handler sets a flag that the loop polls after each step. Several processes: JAX's
+    preemption sync manager (started by `jax.distributed.initialize`) owns SIGTERM; a notice on any host reaches all
+    of them, and ``reached_preemption_sync_point(step)`` turns true on every host at the same step (the largest step
+    any host had reached, plus one), so all hosts save that step together and exit. No Python handler is installed
+    then: it would replace JAX's and leave each host stopping on its own."""
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
         self._flag = threading.Event()
-        if threading.current_thread() is threading.main_thread():
+        self.multihost = jax.process_count() > 1
+        if not self.multihost and threading.current_thread() is threading.main_thread():
             for sig in signals:
                 signal.signal(sig, self._handler)
 
@@ -139,13 +145,11 @@ class PreemptionGuard:
         self._flag.set()
 
     def should_stop(self, step: int) -> bool:
-        if jax.process_count() > 1:
+        """Call after every step, on every host, with the global step just completed."""
+        if self.multihost:
             from jax.experimental import multihost_utils
 
-            try:
-                return bool(multihost_utils.reached_preemption_sync_point(step)) or self._flag.is_set()
-            except RuntimeError:  # preemption service not initialised (no jax.distributed)
-                pass
+            return bool(multihost_utils.reached_preemption_sync_point(step))
         return self._flag.is_set()
 
 
@@ -211,6 +215,6 @@ def load_model_from_checkpoint(path: str | Path, dtype: str = "float32", *, comp
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     target = jax.tree.map(lambda x: x if getattr(x, "sharding", None) is not None
                           else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), target)
-    restored, _, _ = ck.restore(step, target)
+    restored, _, _ = ck.restore(step, target, data=False)
     ck.close()
     return nnx.merge(graphdef, restored["params"])

@@ -12,7 +12,7 @@ Stage 2 starts from stage 1's final weights. A SIGTERM (preemption) writes a che
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="run config YAML (see configs/)")
+    p.add_argument("--config", required=True, help="run config YAML, local or gs:// (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     p.add_argument("--stage", default="all", help="1, 2, ... or 'all' (default: all, in order)")
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")

@@ -103,6 +103,28 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How this process joins a multi-process job (train/distributed.py). ``auto`` detects explicit settings (these
+    keys or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), a SLURM job, or a Cloud TPU VM."""
+
+    mode: Literal["auto", "explicit", "slurm", "tpu", "none"] = "auto"
+    coordinator_address: str | None = None  # host:port of process 0
+    num_processes: int | None = None
+    process_id: int | None = None
+    initialization_timeout_s: int = 300  # how long to wait for every process to join
+    heartbeat_timeout_s: int = 100  # a process silent this long is declared dead and the others stop
+
+    def validate(self) -> None:
+        if self.num_processes is not None and self.num_processes < 1:
+            raise ValueError(f"num_processes must be >= 1, got {self.num_processes}")
+        if self.process_id is not None and self.process_id < 0:
+            raise ValueError(f"process_id must be >= 0, got {self.process_id}")
+        for name in ("initialization_timeout_s", "heartbeat_timeout_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 second, got {getattr(self, name)}")
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -112,6 +134,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     stages: list[StageConfig] = field(default_factory=list)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> None:
         for i, s in enumerate(self.stages):

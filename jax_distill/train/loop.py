@@ -12,8 +12,8 @@ and :func:`finish_stage` (held-out loss, export, data report).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from jax_distill.config import to_dict
 from jax_distill.data.pipeline import build_eval_iterator, build_iterator
@@ -35,6 +36,7 @@ from jax_distill.paths import as_path
 from jax_distill.sharding import make_mesh, param_shardings
 from jax_distill.train.checkpoint import Checkpointer, PreemptionGuard
 from jax_distill.train.config import RunConfig, StageConfig
+from jax_distill.train.distributed import initialize as initialize_distributed
 from jax_distill.train.metrics import MetricsWriter, ProgressBar, mfu, peak_flops
 from jax_distill.train.optim import lr_schedule, make_optimizer
 from jax_distill.train.step import BATCH_KEYS, StepFns, build_step_fns, model_params
@@ -100,7 +102,7 @@ def train(cfg: RunConfig, *, stages: list[int] | None = None, resume: bool = Fal
     ``on_stage_end(stage_index, StageResult, model)`` is called after each stage (the demo evaluates there)."""
     if not cfg.stages:
         raise ValueError("the config has no stages: add a `stages:` list (stage 1 format alignment, stage 2 traces)")
-    maybe_initialize_distributed()
+    initialize_distributed(cfg.distributed)
     out = as_path(cfg.output_dir)
     if jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -271,26 +273,22 @@ class Throughput:
 
 
 def heldout_loss(run: Run, stage: StageConfig, fns: StepFns, params: Any, tok: Tokenizer) -> float | None:
-    """Mean token cross-entropy over up to ``train.eval_batches`` batches of ``stage.eval_data`` (token-weighted)."""
-    batch = run.cfg.stage_batch_size(stage) // jax.process_count()
+    """Mean token cross-entropy over up to ``train.eval_batches`` global batches of ``stage.eval_data``
+    (token-weighted). Each host reads only its share of the held-out files; the hosts agree on the number of batches
+    (a host whose share ends first feeds empty rows, which carry no tokens), and the sums are global arrays."""
+    pi, pc = jax.process_index(), jax.process_count()
+    batches = list(itertools.islice(build_eval_iterator(stage.eval_data, tok, batch_size=run.cfg.stage_batch_size(
+        stage) // pc, process_index=pi, process_count=pc), run.cfg.train.eval_batches))
+    n = len(batches)
+    if pc > 1:
+        n = int(np.max(multihost_utils.process_allgather(np.int32(n))))
+    empty = {k: np.zeros_like(v) for k, v in batches[0].items()}
     total, tokens = 0.0, 0.0
-    for i, local in enumerate(build_eval_iterator(stage.eval_data, tok, batch_size=batch)):
-        if i >= run.cfg.train.eval_batches:
-            break
-        out = jax.device_get(fns.eval_loss(params, global_batch(local, fns)))
+    for i in range(n):
+        out = jax.device_get(fns.eval_loss(params, global_batch(batches[i] if i < len(batches) else empty, fns)))
         total += float(out["loss_sum"])
         tokens += float(out["tokens"])
     return total / tokens if tokens else None
-
-
-def maybe_initialize_distributed() -> None:
-    """`jax.distributed.initialize()` when the environment describes a multi-process job (Cloud TPU pods set it up
-    from the TPU metadata; GPU/SLURM jobs through JAX_COORDINATOR_ADDRESS or SLURM variables)."""
-    if jax.distributed.is_initialized():
-        return
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0 \
-            or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()
 
 
 def initial_model(cfg: RunConfig, mesh: jax.sharding.Mesh) -> Qwen2ForCausalLM:

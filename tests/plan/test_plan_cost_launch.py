@@ -103,12 +103,32 @@ def test_launch_dry_runs_print_exact_gcloud_commands():
     out = _launch("create", *common, "--accelerator-type", "v6e-64", "--queued").stdout.splitlines()
     assert out == ["gcloud compute tpus queued-resources create qwen72-s2 --node-id qwen72-s2 --zone us-east5-a "
                    "--accelerator-type v6e-64 --runtime-version v2-alpha-tpuv6e"]
+    # A local config is shipped to every worker, then every worker runs the same command from its venv.
     out = _launch("run", *common, "--config", "configs/a b.yaml", "train.steps=3").stdout.splitlines()
+    assert out == ["gcloud compute tpus tpu-vm scp 'configs/a b.yaml' qwen72-s2:jax-distill-run.yaml "
+                   "--zone us-east5-a --worker=all",
+                   "gcloud compute tpus tpu-vm ssh qwen72-s2 --zone us-east5-a --worker=all --command "
+                   "'nohup jax-distill-venv/bin/jax-distill train --config jax-distill-run.yaml train.steps=3 "
+                   "--no-progress > train-qwen72-s2.log 2>&1 < /dev/null &'"]
+    # A gs:// config is read by every worker from the bucket: nothing to copy.
+    out = _launch("run", *common, "--config", "gs://b/r/config.yaml", "--resume").stdout.splitlines()
     assert out == ["gcloud compute tpus tpu-vm ssh qwen72-s2 --zone us-east5-a --worker=all --command "
-                   "'nohup jax-distill train --config '\"'\"'configs/a b.yaml'\"'\"' train.steps=3 --no-progress "
-                   "> train-qwen72-s2.log 2>&1 < /dev/null &'"]
+                   "'nohup jax-distill-venv/bin/jax-distill train --config gs://b/r/config.yaml --no-progress "
+                   "--resume > train-qwen72-s2.log 2>&1 < /dev/null &'"]
     out = _launch("resume", *common, "--accelerator-type", "v5p-128", "--config", "c.yaml").stdout.splitlines()
-    assert [line.split()[4] for line in out] == ["delete", "create", "ssh", "ssh"] and out[-1].count("--resume") == 1
+    assert [line.split()[4] for line in out] == ["delete", "create", "ssh", "scp", "ssh"]
+    assert out[-1].count("--resume") == 1
+    # setup: uv, a standalone CPython 3.11 and a venv on every worker (the runtime images' Python is older)
+    setup = _launch("setup", *common, "--mount-data-disk").stdout.splitlines()
+    assert len(setup) == 1 and "--worker=all" in setup[0]
+    assert ("curl -LsSf https://astral.sh/uv/install.sh | sh && $HOME/.local/bin/uv python install 3.11 && "
+            "$HOME/.local/bin/uv venv --allow-existing --python 3.11 jax-distill-venv && $HOME/.local/bin/uv pip "
+            "install --python jax-distill-venv/bin/python --upgrade") in setup[0]
+    assert "sudo mount -o ro,noload /dev/disk/by-id/google-persistent-disk-1 /mnt/disks/models" in setup[0]
+    # weights on a read-only persistent disk attached to every worker
+    disk = "projects/my-proj/zones/us-east5-a/disks/qwen72b-weights"
+    out = _launch("create", *common, "--accelerator-type", "v5p-128", "--data-disk", disk).stdout.splitlines()
+    assert out[0].endswith(f"--data-disk source={disk},mode=read-only")
     out = _launch("delete", *common).stdout.splitlines()
     assert out == ["gcloud compute tpus tpu-vm delete qwen72-s2 --zone us-east5-a --quiet"]
     logs = _launch("logs", *common).stdout
@@ -121,6 +141,7 @@ def test_launch_dry_runs_print_exact_gcloud_commands():
     ["create", "--name", "ok", "--zone", "us-east5-a; ls", "--accelerator-type", "v5p-8"],
     ["create", "--name", "ok", "--zone", "us-east5-a", "--accelerator-type", "v5p-8 --foo"],
     ["run", "--name", "ok", "--zone", "us-east5-a", "--config", "c\nrm -rf /"],
+    ["create", "--name", "ok", "--zone", "us-east5-a", "--accelerator-type", "v5p-8", "--data-disk", "d; ls"],
 ])
 def test_launch_rejects_bad_names(args):
     done = _launch(*args, "--dry-run")
