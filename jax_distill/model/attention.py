@@ -25,6 +25,7 @@ softmax. No implementation silently falls back to another.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import NamedTuple
@@ -394,6 +395,25 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec, *
 
 # ----------------------------------------------------------------------------------------------------------------
 # cudnn: GPU flash attention, packed rows as ragged runs
+
+
+@contextlib.contextmanager
+def cudnn_target(compute_capability: str):
+    """Trace "cudnn" attention for a GPU generation other than the local one (ahead-of-time compiles from a CPU host).
+
+    jax's cuDNN wrapper checks the GPU generation by asking the default backend for its first device (packed runs
+    need Hopper, 9.0); a CPU host has none, so the check fails even when compiling for H100 target specs. Inside
+    this context the check answers for ``compute_capability`` (e.g. "9.0") instead."""
+    from jax._src.cudnn import fused_attention_stablehlo as fa
+
+    target = tuple(int(x) for x in compute_capability.split("."))
+    saved = fa.check_compute_capability, fa.is_cuda_compute_capability_equal
+    fa.check_compute_capability = lambda cap: target >= tuple(int(x) for x in cap.split("."))
+    fa.is_cuda_compute_capability_equal = lambda cap: target == tuple(int(x) for x in cap.split("."))
+    try:
+        yield
+    finally:
+        fa.check_compute_capability, fa.is_cuda_compute_capability_equal = saved
 
 
 class SegmentRuns(NamedTuple):
