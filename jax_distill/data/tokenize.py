@@ -82,9 +82,47 @@ class Tokenizer:
         return ids, mask
 
     def save(self, directory: str | Path) -> None:
-        """Save as a Hugging Face tokenizer directory when the backend is one (so exported models carry it)."""
-        if hasattr(self.backend, "save_pretrained"):
-            self.backend.save_pretrained(str(directory))
+        """Write a Hugging Face tokenizer directory (tokenizer.json, tokenizer_config.json with a chat template that
+        renders exactly what :meth:`encode_chat` encodes), so ``AutoTokenizer.from_pretrained(directory)``, vLLM and
+        :func:`load_tokenizer` read it back. A .tiktoken vocabulary is converted (Qwen's specials appended)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        hf = self.backend if hasattr(self.backend, "save_pretrained") else _tiktoken_to_hf(self.spec)
+        hf.chat_template = chat_template(self.default_system)
+        hf.save_pretrained(str(out))
+        if self.default_system != QWEN_DEFAULT_SYSTEM:
+            (out / "jax_distill_tokenizer.json").write_text(json.dumps({"default_system": self.default_system}))
+
+    def generation_config(self) -> dict[str, Any]:
+        """``generation_config.json`` for an exported model: stop on <|im_end|> or <|endoftext|>, greedy (the
+        defaults of ``jax-distill eval``), so transformers/vLLM users sample what our evaluation samples."""
+        return {"bos_token_id": self.pad_id, "eos_token_id": self.stop_ids, "pad_token_id": self.pad_id,
+                "do_sample": False}
+
+
+def chat_template(default_system: str | None) -> str:
+    """The Qwen2.5 chat format as a Jinja template (no tools): the same token stream as :meth:`Tokenizer.encode_chat`,
+    including the default system turn added when a conversation has none."""
+    default = ("{{- '<|im_start|>system\\n' + " + json.dumps(default_system) + " + '<|im_end|>\\n' }}"
+               if default_system is not None else "")
+    return ("{%- if messages and messages[0]['role'] == 'system' %}"
+            "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+            "{%- else %}" + default + "{%- endif %}"
+            "{%- for message in messages %}{%- if not (loop.first and message['role'] == 'system') %}"
+            "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+            "{%- endif %}{%- endfor %}"
+            "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+
+def _tiktoken_to_hf(path: str):
+    """A .tiktoken vocabulary as a transformers fast tokenizer with the same ids (Qwen's specials after the ranks)."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    backend = TikTokenConverter(path, pattern=QWEN_PATTERN, extra_special_tokens=QWEN_SPECIALS).converted()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=[t for t in QWEN_SPECIALS
+                                                              if t not in ("<|im_end|>", "<|endoftext|>")])
 
 
 def _from_tiktoken(path: Path) -> Tokenizer:
@@ -131,10 +169,38 @@ def _from_hf(spec: str) -> Tokenizer:
                      vocab["<|endoftext|>"], digest, spec, system)
 
 
+def _from_remote(spec: str) -> Tokenizer:
+    """A tokenizer in a gs:// folder (a model export) or a gs:// .tiktoken file: its small files are copied to a
+    local temporary folder (never the weights next to them)."""
+    import tempfile
+
+    from jax_distill.paths import as_path, copy_file
+
+    src = as_path(spec)
+    local = Path(tempfile.mkdtemp(prefix="jax_distill_tokenizer_"))
+    if spec.endswith(".tiktoken"):
+        if not src.exists():
+            raise FileNotFoundError(f"tokenizer file not found: {spec}")
+        copy_file(src, local / src.name)
+        tok = _from_tiktoken(local / src.name)
+    else:
+        files = [f for f in src.iterdir() if not f.name.endswith((".safetensors", ".bin", ".pt"))
+                 and not f.is_dir()] if src.exists() else []
+        if not any(f.name == "tokenizer_config.json" for f in files):
+            raise FileNotFoundError(f"tokenizer not found: {spec} (no tokenizer_config.json there)")
+        for f in files:
+            copy_file(f, local / f.name)
+        tok = _from_hf(str(local))
+    tok.spec = spec
+    return tok
+
+
 def load_tokenizer(spec: str) -> Tokenizer:
     """A ``.tiktoken`` vocabulary file (Qwen's specials appended), a local HF tokenizer directory, or a hub name."""
     if not spec:
         raise ValueError("no tokenizer given: set data.tokenizer to a .tiktoken file, a tokenizer dir or a hub name")
+    if "://" in spec:
+        return _from_remote(spec)
     p = Path(spec)
     if p.suffix == ".tiktoken":
         if not p.is_file():

@@ -25,6 +25,7 @@ softmax. No implementation silently falls back to another.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import NamedTuple
@@ -336,7 +337,7 @@ def _splash_local(q, k, v, seg, interpret: bool):
     return jnp.where((seg > 0)[:, None, :, None], out, 0).astype(q.dtype)
 
 
-def _mesh_split(mesh, batch: int, heads: int, kv_heads: int):
+def splash_mesh_split(mesh, batch: int, heads: int, kv_heads: int):
     """(batch mesh axes, head mesh axis or None, kv repeat factor) for shard_map on ``mesh``: the data axes that
     divide the batch; ``tensor`` over heads when it divides them, repeating kv heads when it does not divide those
     (e.g. 4 kv heads on tensor=8)."""
@@ -382,7 +383,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec, *
     else:
         from jax.sharding import PartitionSpec as P
 
-        batch_axes, head_axis, rep = _mesh_split(mesh, b, h, kh)
+        batch_axes, head_axis, rep = splash_mesh_split(mesh, b, h, kh)
         if rep > 1:
             kt, vt = jnp.repeat(kt, rep, axis=1), jnp.repeat(vt, rep, axis=1)
         bspec = batch_axes or None
@@ -394,6 +395,25 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec, *
 
 # ----------------------------------------------------------------------------------------------------------------
 # cudnn: GPU flash attention, packed rows as ragged runs
+
+
+@contextlib.contextmanager
+def cudnn_target(compute_capability: str):
+    """Trace "cudnn" attention for a GPU generation other than the local one (ahead-of-time compiles from a CPU host).
+
+    jax's cuDNN wrapper checks the GPU generation by asking the default backend for its first device (packed runs
+    need Hopper, 9.0); a CPU host has none, so the check fails even when compiling for H100 target specs. Inside
+    this context the check answers for ``compute_capability`` (e.g. "9.0") instead."""
+    from jax._src.cudnn import fused_attention_stablehlo as fa
+
+    target = tuple(int(x) for x in compute_capability.split("."))
+    saved = fa.check_compute_capability, fa.is_cuda_compute_capability_equal
+    fa.check_compute_capability = lambda cap: target >= tuple(int(x) for x in cap.split("."))
+    fa.is_cuda_compute_capability_equal = lambda cap: target == tuple(int(x) for x in cap.split("."))
+    try:
+        yield
+    finally:
+        fa.check_compute_capability, fa.is_cuda_compute_capability_equal = saved
 
 
 class SegmentRuns(NamedTuple):

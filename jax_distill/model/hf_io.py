@@ -257,13 +257,14 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *, compute_dtype: 
 
 
 def save_pretrained(model: Qwen2ForCausalLM, path: str | Path, *, dtype: str | None = None,
-                    max_shard_bytes: int = 4 * 2**30):
+                    tokenizer: Any = None, max_shard_bytes: int = 4 * 2**30):
     """Write ``model`` in the Hugging Face layout (config.json, sharded safetensors + index) that
     ``transformers.AutoModelForCausalLM.from_pretrained`` loads. Streams one layer's tensor at a time to host.
 
     ``path``: a local folder or a gs:// URI (files are staged locally, then copied). Every process must call this
     (sharded tensors are gathered collectively); only process 0 writes. Returns the folder as an ``epath.Path``.
-    ``dtype``: storage dtype (default: the parameter dtype).
+    ``dtype``: storage dtype (default: the parameter dtype). ``tokenizer`` (a ``data.tokenize.Tokenizer``): its
+    files and a ``generation_config.json`` go with the weights, making the folder a self-contained checkpoint.
     """
     import shutil
     import tempfile
@@ -339,9 +340,15 @@ def save_pretrained(model: Qwen2ForCausalLM, path: str | Path, *, dtype: str | N
     hf_cfg = cfg.to_hf_config()
     hf_cfg["torch_dtype"] = str(store) if store != np.dtype(jnp.bfloat16) else "bfloat16"
     hf_cfg["dtype"] = hf_cfg["torch_dtype"]
+    extra: list[str] = []
+    if tokenizer is not None:
+        before = {p.name for p in out.iterdir()}
+        tokenizer.save(out)
+        (out / "generation_config.json").write_text(json.dumps(tokenizer.generation_config(), indent=2))
+        extra = sorted({p.name for p in out.iterdir()} - before)
     (out / "config.json").write_text(json.dumps(hf_cfg, indent=2))
     if remote:
         # Weights first, config.json last: a reader that finds config.json finds the whole export.
-        upload(out, dest, only=[*names, *(["model.safetensors.index.json"] if n > 1 else []), "config.json"])
+        upload(out, dest, only=[*names, *(["model.safetensors.index.json"] if n > 1 else []), *extra, "config.json"])
         shutil.rmtree(out, ignore_errors=True)
     return dest

@@ -39,6 +39,7 @@ class PlanResult:
     error: str | None = None
     decode: dict[str, Any] = field(default_factory=dict)
     compiler_flops_per_step: float | None = None
+    estimate: dict[str, Any] = field(default_factory=dict)  # plan/step_time.py's StepEstimate
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -51,19 +52,21 @@ def _peak_bytes(compiled) -> int | None:
         return None
 
 
-def compile_train_step(model_cfg: ModelConfig, mesh: Mesh, batch_size: int, seq_len: int, grad_accum: int = 1):
+def compile_train_step(model_cfg: ModelConfig, mesh: Mesh, batch_size: int, seq_len: int, grad_accum: int = 1,
+                       unroll_loss: bool = False, compiler_options: dict[str, Any] | None = None):
     from jax_distill.train.step import abstract_train_step
 
-    fn, args = abstract_train_step(model_cfg, mesh, batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum)
+    fn, args = abstract_train_step(model_cfg, mesh, batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum,
+                                   unroll_loss=unroll_loss)
     with jax.set_mesh(mesh):  # the mesh in context: attention "splash" runs its kernel under shard_map over it
-        return fn.lower(*args).compile()
+        return fn.lower(*args).compile(compiler_options=compiler_options)
 
 
 def plan_training(model_cfg: ModelConfig, topo: Topology, *, seq_len: int, batch_size: int,
                   mesh_cfg: MeshConfig | None = None, grad_accum: int = 1, assumed_mfu: float = 0.4,
-                  decode_batch: int | None = None, decode_len: int | None = None,
-                  compiler_flops: bool = False) -> PlanResult:
-    """Compile stage training for ``topo`` and report memory, fit, FLOPs and the implied step time."""
+                  compiler_flops: bool = False, estimate: bool = True) -> PlanResult:
+    """Compile stage training for ``topo`` and report memory, fit, FLOPs, the step time at ``assumed_mfu`` and
+    (``estimate``) the compiler's step-time estimate (plan/step_time.py; ``compiler_flops`` comes with it)."""
     cfg = model_cfg.resolve()
     mesh_cfg = mesh_cfg or MeshConfig(data=1, fsdp=-1, tensor=1)
     mesh = make_mesh(mesh_cfg, topology_devices(topo))
@@ -87,21 +90,11 @@ def plan_training(model_cfg: ModelConfig, topo: Topology, *, seq_len: int, batch
                         hbm_bytes=topo.hbm_bytes, tokens_per_step=tokens, flops_per_step=flops,
                         flops_per_token=fpt, step_time_s=step_time, assumed_mfu=assumed_mfu,
                         tokens_per_second=tokens / step_time, compile_seconds=compile_s, error=error)
-    if compiler_flops:
-        result.compiler_flops_per_step = compiler_flops_extrapolated(cfg, mesh, batch_size, seq_len)
+    if estimate or compiler_flops:
+        from jax_distill.plan.step_time import estimate_tpu_step
+
+        est = estimate_tpu_step(cfg, mesh, batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum,
+                                peak_flops=topo.chip.peak_bf16_flops)
+        result.estimate = est.as_dict()
+        result.compiler_flops_per_step = est.compiler_flops_per_step
     return result
-
-
-def compiler_flops_extrapolated(cfg: ModelConfig, mesh: Mesh, batch_size: int, seq_len: int) -> float | None:
-    """The compiler's FLOP count for the full depth, from unrolled 1- and 2-layer compiles (a scanned layer body is
-    counted once by cost_analysis, so the scanned program under-reports)."""
-    counts = []
-    for layers in (1, 2):
-        small = dataclasses.replace(cfg, num_hidden_layers=layers, scan_layers=False)
-        ca = compile_train_step(small, mesh, batch_size, seq_len).cost_analysis()
-        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-        if not ca or "flops" not in ca:
-            return None
-        counts.append(float(ca["flops"]) * mesh.devices.size)  # per-device count -> whole slice
-    per_layer = counts[1] - counts[0]
-    return counts[0] + per_layer * (cfg.num_hidden_layers - 1)

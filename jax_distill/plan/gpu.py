@@ -129,6 +129,7 @@ class GpuSpec:
     description: str
     device_memory_bytes: int
     hbm_bytes_per_s: float
+    compute_capability: str = "9.0"  # cuda_compute_capability major.minor
 
 
 def load_gpu_spec(kind: GpuKind, specs_dir: str | Path | None = None) -> GpuSpec:
@@ -145,8 +146,13 @@ def load_gpu_spec(kind: GpuKind, specs_dir: str | Path | None = None) -> GpuSpec
             raise ValueError(f"{path}: no {key}")
         return m.group(1).strip()
 
+    cc = re.search(r"cuda_compute_capability\s*\{([^}]*)\}", text)
+    major = re.search(r"major:\s*(\d+)", cc.group(1)) if cc else None
+    minor = re.search(r"minor:\s*(\d+)", cc.group(1)) if cc else None
+    if not major:
+        raise ValueError(f"{path}: no cuda_compute_capability")
     return GpuSpec(text, field_("device_description_str"), int(field_("device_memory_size")),
-                   float(field_("memory_bandwidth")))
+                   float(field_("memory_bandwidth")), f"{major.group(1)}.{minor.group(1) if minor else 0}")
 
 
 def gpu_rates(topo: GpuTopology, spec: GpuSpec) -> GpuRates:
@@ -246,10 +252,15 @@ class GpuPlanResult:
         return dataclasses.asdict(self)
 
 
-def compile_for_gpus(fn, args):
-    """Lower and compile ``fn`` for the abstract GPUs its arguments are sharded over; (compiled, seconds)."""
+def compile_for_gpus(fn, args, compute_capability: str = "9.0"):
+    """Lower and compile ``fn`` for the abstract GPUs its arguments are sharded over (traced as for a GPU of
+    ``compute_capability``, which cuDNN attention checks); (compiled, seconds)."""
+    from jax_distill.model.attention import cudnn_target
+
     t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    with cudnn_target(compute_capability):
+        lowered = fn.lower(*args)
+    compiled = lowered.compile()
     return compiled, time.perf_counter() - t0
 
 
@@ -270,7 +281,7 @@ def plan_gpu_training(model_cfg, topo: GpuTopology, *, seq_len: int, batch_size:
     devices = gpu_devices(topo, spec)
     mesh = Mesh(np.asarray(devices).reshape(mesh_cfg.shape(len(devices))), MESH_AXES)
     fn, args = abstract_train_step(cfg, mesh, batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum)
-    compiled, compile_s = compile_for_gpus(fn, args)
+    compiled, compile_s = compile_for_gpus(fn, args, spec.compute_capability)
     mem = compiled.memory_analysis()
     peak = int(mem.peak_memory_in_bytes)
     usable = usable_bytes(spec, mem_fraction)

@@ -29,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="global batch in sequences (default: the stage's, else chips)")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed MFU for the step-time estimate (default 0.4)")
     p.add_argument("--remat", default=None, help="override the remat policy (none, full, dots)")
-    p.add_argument("--attention", default=None, choices=["xla", "chunked", "dot_product", "cudnn"],
-                   help="override the attention implementation (with --model: cudnn on GPUs, chunked past 4k on TPUs)")
+    p.add_argument("--attention", default=None, choices=["xla", "chunked", "dot_product", "cudnn", "splash"],
+                   help="override the attention implementation (with --model: cudnn on GPUs, splash on TPUs)")
     p.add_argument("--decode", action="store_true",
                    help="also plan eval: the eval engine's decode chunk and prefill compiled on a decode mesh "
                         "(weights, KV cache and temporaries per chip; see --decode-*)")
@@ -48,8 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-scan-layers", action="store_true",
                    help="plan eval --scan-layers (layer scan, stacked cache: weights held once); default: layers "
                         "unrolled, as eval runs by default (a per-layer copy of the weights is held too)")
+    p.add_argument("--estimate", action=argparse.BooleanOptionalAction, default=True,
+                   help="TPU: estimate the step time and MFU from the compiler's cost model (1- and 2-layer unrolled "
+                        "compiles, splash kernels added; see docs/cost.md) (default: on)")
     p.add_argument("--compiler-flops", action="store_true",
-                   help="TPU: also report the compiler's FLOP count (extrapolated from 1- and 2-layer compiles)")
+                   help="TPU: also report the compiler's FLOP count (from the same compiles as --estimate)")
     p.add_argument("--gpu-specs", metavar="DIR", default=None,
                    help="GPU: folder of XLA GpuTargetConfigProto files (default: $JAX_DISTILL_GPU_SPECS, else "
                         "../shared/data/gpu_specs beside the repository)")
@@ -91,11 +94,10 @@ def run(args: argparse.Namespace) -> int:
         grad_accum = cfg.train.grad_accum
     else:
         seq_len = args.seq_len or 16384
-        # What the shipped long-sequence configs run: bf16 compute, full remat, and on TPUs query-chunked attention
-        # past 4k (a [S, S] score matrix per head is what runs out of memory first at 16k), on GPUs cuDNN's flash
-        # attention (as configs/*8xh100.yaml).
+        # What the shipped long-sequence configs run: bf16 compute, full remat, splash attention on TPUs, cuDNN's
+        # flash attention on GPUs (as configs/*v5p*.yaml and configs/*8xh100.yaml).
         model_cfg = ModelConfig(preset=args.model, dtype="bfloat16", remat="full",
-                                attention="cudnn" if gpu else "chunked" if seq_len > 4096 else "dot_product")
+                                attention="cudnn" if gpu else "splash")
         mesh_cfg = MeshConfig(data=1, fsdp=-1, tensor=1)
         batch = args.batch_size or topo.chips
         grad_accum = 1
@@ -113,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         from jax_distill.plan.aot import plan_training
 
         result = plan_training(model_cfg, topo, seq_len=seq_len, batch_size=batch, mesh_cfg=mesh_cfg,
-                               grad_accum=grad_accum, assumed_mfu=args.mfu, compiler_flops=args.compiler_flops)
+                               grad_accum=grad_accum, assumed_mfu=args.mfu, compiler_flops=args.compiler_flops,
+                               estimate=args.estimate)
     if args.decode:
         result.decode = _plan_eval(args, topo, gpu, model_cfg)
     d = _describe(result.as_dict(), args, model_cfg, seq_len)
@@ -128,8 +131,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"  tokens/step: {result.tokens_per_step:,}  model FLOPs/step: {result.flops_per_step:.3e} "
           f"(6N + causal attention)")
     print(f"  at {result.assumed_mfu:.0%} MFU: {result.step_time_s:.2f} s/step, {result.tokens_per_second:,.0f} tokens/s")
-    if result.compiler_flops_per_step:
-        print(f"  compiler FLOPs/step (extrapolated): {result.compiler_flops_per_step:.3e}")
+    if result.estimate:
+        e = result.estimate
+        print(f"  estimated step: {e['step_seconds']:.2f} s = XLA {e['xla_seconds']:.2f} s + Pallas kernels "
+              f"{e['kernel_seconds']:.2f} s (compiler cost model at {e['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s, "
+              f"{e['hbm_bytes_per_s'] / 1e12:.2f} TB/s), MFU {e['mfu']:.0%} of {topo.chip.peak_bf16_flops / 1e12:.0f} "
+              "TFLOP/s peak")
+        if e["loops_left"]:
+            print(f"  warning: {e['loops_left']} loop(s) left in the unrolled program, each counted once: the "
+                  "estimate is low (attention 'chunked' loops over key blocks; 'splash' does not)")
+    if args.compiler_flops and result.compiler_flops_per_step:
+        print(f"  compiler FLOPs/step (extrapolated, kernels added): {result.compiler_flops_per_step:.3e}")
     if result.decode:
         print("\n".join(_eval_lines(result.decode)))
     for w in d["warnings"]:

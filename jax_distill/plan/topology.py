@@ -7,6 +7,8 @@ v5p-128 and read its per-chip memory.
 
 from __future__ import annotations
 
+import os
+
 import re
 from dataclasses import dataclass
 
@@ -70,6 +72,14 @@ def topology_devices(topo: Topology):
     """Abstract devices of the slice (needs libtpu; no TPU)."""
     from jax.experimental import topologies
 
+    from jax_distill.hardware import accelerator_present
+
+    if not accelerator_present():
+        # On a host without TPUs libtpu still asks the VM metadata for its slice and prints a screen of warnings
+        # ("unexpected worker hostname ..."); compiling for a described topology needs none of it.
+        for key, value in (("TPU_ACCELERATOR_TYPE", topo.name), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                           ("TPU_WORKER_ID", "0")):
+            os.environ.setdefault(key, value)
     kwargs = dict(topology_name=topo.topology_name, platform="tpu", chip_config_name=topo.chip_config_name,
                   chips_per_host_bounds=(2, 2, 1), num_slices=1)
     if any(topo.wrap):

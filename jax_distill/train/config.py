@@ -112,7 +112,7 @@ class DistributedConfig:
     num_processes: int | None = None
     process_id: int | None = None
     initialization_timeout_s: int = 300  # how long to wait for every process to join
-    heartbeat_timeout_s: int = 100  # a process silent this long is declared dead and the others stop
+    heartbeat_timeout_s: int = 45  # a process silent this long is declared dead and the others stop (JAX: 100)
 
     def validate(self) -> None:
         if self.num_processes is not None and self.num_processes < 1:

@@ -242,7 +242,7 @@ def finish_stage(run: Run, stage: StageConfig, fns: StepFns, params: Any, iterat
     report = iterator.report() if hasattr(iterator, "report") else {}
     result.data_report = report if isinstance(report, dict) else to_dict(report)
     export = run.out / stage.name / "hf"
-    save_pretrained(model, export, dtype=run.cfg.checkpoint.export_dtype)  # process 0 writes; all gather
+    save_pretrained(model, export, dtype=run.cfg.checkpoint.export_dtype, tokenizer=tok)  # process 0 writes
     result.export_dir = str(export)
     # Every file with its hash and this host's record / kept / skipped counts.
     per_file = result.data_report.get("read", result.data_report).get("per_file", {})

@@ -35,14 +35,15 @@ class StepFns(NamedTuple):
 
 
 def chunked_cross_entropy(h: jax.Array, head: jax.Array, targets: jax.Array, mask: jax.Array,
-                          chunk: int = 2048) -> tuple[jax.Array, jax.Array]:
+                          chunk: int = 2048, unroll: bool = False) -> tuple[jax.Array, jax.Array]:
     """Sum of masked token cross-entropies and the token count, never holding all [B, S, V] logits.
 
     h [B, S, D] compute dtype; head [D, V]; targets int32 [B, S]; mask float32 [B, S]. Logits and the log-softmax are
     float32. A sequence longer than ``chunk`` is processed in chunks under `jax.checkpoint`, so the backward pass
     recomputes each chunk's logits instead of storing them (a 16k x 152k fp32 logit tensor would be ~10 GB per
     sequence). A length that is not a multiple of ``chunk`` is padded up to one with masked positions (never a
-    smaller chunk: a prime length would otherwise mean chunks of one token).
+    smaller chunk: a prime length would otherwise mean chunks of one token). ``unroll``: the chunks as straight-line
+    code instead of a loop (same values; for compiler cost estimates, which count a loop body once).
     """
     b, s, d = h.shape
     c = min(chunk, s)
@@ -69,25 +70,28 @@ def chunked_cross_entropy(h: jax.Array, head: jax.Array, targets: jax.Array, mas
     hs = h.reshape(b, n, c, d).swapaxes(0, 1)
     ts = targets.reshape(b, n, c).swapaxes(0, 1)
     ms = mask.reshape(b, n, c).swapaxes(0, 1)
-    losses = jax.lax.map(jax.checkpoint(lambda a: one(*a)), (hs, ts, ms))
+    if unroll:
+        losses = jnp.stack([jax.checkpoint(one)(hs[i], ts[i], ms[i]) for i in range(n)])
+    else:
+        losses = jax.lax.map(jax.checkpoint(lambda a: one(*a)), (hs, ts, ms))
     return jnp.sum(losses), jnp.sum(mask)
 
 
-def loss_terms(graphdef: Any, params: Any, batch: dict[str, jax.Array], chunk: int = 2048):
+def loss_terms(graphdef: Any, params: Any, batch: dict[str, jax.Array], chunk: int = 2048, unroll: bool = False):
     """(sum of masked CE, number of loss tokens) for one micro-batch of [B, S] arrays."""
     model = nnx.merge(graphdef, params)
     h, _ = model.hidden_states(batch["input_ids"], batch["positions"], batch["segment_ids"])
     return chunked_cross_entropy(h, model.head_weight(), batch["targets"], batch["loss_mask"].astype(jnp.float32),
-                                 chunk)
+                                 chunk, unroll)
 
 
 def make_train_step(graphdef: Any, optimizer: optax.GradientTransformation, grad_accum: int = 1,
-                    loss_chunk: int = 2048):
+                    loss_chunk: int = 2048, unroll_loss: bool = False):
     """The pure step function ``(state, batch) -> (state, metrics)``; batch arrays are [global_batch, S]."""
 
     def grads_of(params, micro):
         (loss_sum, tokens), grads = jax.value_and_grad(
-            lambda p: loss_terms(graphdef, p, micro, loss_chunk), has_aux=True)(params)
+            lambda p: loss_terms(graphdef, p, micro, loss_chunk, unroll_loss), has_aux=True)(params)
         return loss_sum, tokens, grads
 
     def step(state, batch):
@@ -120,7 +124,7 @@ def make_train_step(graphdef: Any, optimizer: optax.GradientTransformation, grad
 
 def build_step_fns(model: Qwen2ForCausalLM | Any, optimizer: optax.GradientTransformation, mesh: Mesh, *,
                    grad_accum: int = 1, loss_chunk: int = 2048, donate: bool = True,
-                   rules: Rules | None = None) -> StepFns:
+                   rules: Rules | None = None, unroll_loss: bool = False) -> StepFns:
     """Jit the init/step/eval functions with explicit shardings for ``mesh``.
 
     ``model`` may be abstract (``nnx.eval_shape``): nothing is allocated here, so the same call serves AOT planning.
@@ -146,7 +150,7 @@ def build_step_fns(model: Qwen2ForCausalLM | Any, optimizer: optax.GradientTrans
     state_shardings = {"params": p_shard, "opt_state": opt_shard, "step": replicated}
     b_shard = batch_sharding(mesh, rules=rules)
     batch_shardings = {k: b_shard for k in BATCH_KEYS}
-    step_fn = make_train_step(graphdef, optimizer, grad_accum, loss_chunk)
+    step_fn = make_train_step(graphdef, optimizer, grad_accum, loss_chunk, unroll_loss)
     jit_init = jax.jit(init, in_shardings=(p_shard,), out_shardings=state_shardings)
     jit_step = jax.jit(traced_on(step_fn, mesh, rules), in_shardings=(state_shardings, batch_shardings),
                        out_shardings=(state_shardings, replicated), donate_argnums=(0,) if donate else ())
@@ -161,16 +165,17 @@ def build_step_fns(model: Qwen2ForCausalLM | Any, optimizer: optax.GradientTrans
 
 def abstract_train_step(model_cfg: ModelConfig, mesh: Mesh, *, batch_size: int, seq_len: int,
                         optimizer: optax.GradientTransformation | None = None, grad_accum: int = 1,
-                        loss_chunk: int = 2048):
+                        loss_chunk: int = 2048, unroll_loss: bool = False):
     """(jitted step, abstract args) for AOT compilation on any mesh (e.g. TPU topology devices); allocates nothing.
 
     ``jitted.lower(*args).compile()`` is the real training step of ``model_cfg`` at [batch_size, seq_len].
+    ``unroll_loss``: the loss's chunk loop unrolled (for cost estimates; see plan/step_time.py).
     """
     from jax_distill.model.qwen2 import init_model
 
     model = nnx.eval_shape(lambda: init_model(model_cfg))
     optimizer = optimizer or optax.adamw(1e-5)
-    fns = build_step_fns(model, optimizer, mesh, grad_accum=grad_accum, loss_chunk=loss_chunk)
+    fns = build_step_fns(model, optimizer, mesh, grad_accum=grad_accum, loss_chunk=loss_chunk, unroll_loss=unroll_loss)
     params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), model_params(model))
     state = jax.eval_shape(fns.init, params)
     state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, fns.state_shardings)

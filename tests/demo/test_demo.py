@@ -81,6 +81,36 @@ def test_eval_cli_on_a_trained_model(tmp_path):
     assert results["n_problems"] == 6 and results["n_samples"] == 2 and "maj@k" in results
     assert (out / "results.md").is_file() and json.loads((out / "manifest.json").read_text())["kind"] == "eval"
 
+    # The stage export is a self-contained checkpoint: eval needs no --tokenizer, transformers loads model and
+    # tokenizer, and the tokenizer's chat template renders the ids our training encoded.
+    export = run / "stage2_distill" / "hf"
+    out2 = tmp_path / "eval_export"
+    assert main(["eval", "--model", str(export), "--benchmark", "demo", "--data", str(held), "--limit", "2",
+                 "--n-samples", "1", "--max-new-tokens", "8", "--dtype", "float32", "--out", str(out2)]) == 0
+    assert json.loads((out2 / "results.json").read_text())["n_problems"] == 2
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from jax_distill.data.tokenize import load_tokenizer
+
+    ours = load_tokenizer(str(REPO_ROOT / "configs/tiny_data/tokenizer"))
+    hf_tok = AutoTokenizer.from_pretrained(export)
+    problem = json.loads(held.read_text().splitlines()[0])["problem"]
+    msgs = [{"role": "user", "content": problem}]
+    want, _ = ours.encode_chat(msgs, add_generation_prompt=True)
+    assert list(hf_tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)) == want
+    gen = GenerationConfig.from_pretrained(export)
+    assert gen.eos_token_id == [ours.eos_id, ours.pad_id] and gen.pad_token_id == ours.pad_id
+    hf_model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32)
+    with torch.no_grad():
+        greedy = hf_model.generate(torch.tensor([want]), max_new_tokens=4, do_sample=False)
+    from jax_distill import generate, load_pretrained
+
+    mine = generate(load_pretrained(export, dtype="float32"), [want], max_new_tokens=4, temperature=0.0,
+                    stop_ids=ours.stop_ids)[0]
+    theirs = greedy[0, len(want):].tolist()
+    assert mine == theirs[:len(mine)] and (len(mine) == 4 or theirs[len(mine)] in ours.stop_ids)
+
 
 def test_cli_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):

@@ -177,3 +177,19 @@ def test_plan_72b_on_v5p_128_fits(capsys):
     cfg = ModelConfig(preset="qwen2.5-math-72b")
     assert out["flops_per_step"] == pytest.approx(train_flops_per_token(cfg, 16384) * 64 * 16384)
     assert any("max_position_embeddings 4096" in w for w in out["warnings"])
+
+
+@needs_libtpu
+def test_plan_on_a_cpu_host_prints_no_libtpu_start_up_noise():
+    """libtpu asks the VM metadata for its slice when it loads; on a host without TPUs that used to print a screen of
+    "could not determine TPU accelerator type" / "unexpected worker hostname" lines around the plan."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
+    done = subprocess.run([sys.executable, "-m", "jax_distill.cli", "plan", "--model", "tiny", "--topology", "v5p-8",
+                           "--seq-len", "256"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fits: True" in done.stdout
+    noise = [line for line in done.stderr.splitlines()
+             if any(w in line for w in ("TPU_ACCELERATOR_TYPE", "hostname", "INVALID_ARGUMENT", "host bounds"))]
+    assert not noise, noise

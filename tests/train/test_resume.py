@@ -167,3 +167,9 @@ def test_gcs_outputs_sigkill_then_resume_from_bucket_is_bit_identical(gcs, unint
     assert export_cfg["torch_dtype"] == "bfloat16"
     model = load_pretrained(f"{out}/stage2_distill/hf")  # downloads through epath
     assert model.config.num_hidden_layers == 2
+    from jax_distill.data.tokenize import load_tokenizer
+
+    assert (root / "stage2_distill" / "hf" / "generation_config.json").exists()
+    tok = load_tokenizer(f"{out}/stage2_distill/hf")  # the export's tokenizer files, read from the bucket
+    local = load_tokenizer(str(REPO_ROOT / "configs" / "tiny_data" / "tokenizer"))
+    assert tok.encode("12 + 345 = 357") == local.encode("12 + 345 = 357") and tok.sha256 == local.sha256

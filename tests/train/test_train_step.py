@@ -169,3 +169,8 @@ def test_chunked_cross_entropy_pads_lengths_that_do_not_divide(seq):
     np.testing.assert_allclose(np.asarray(grad), np.asarray(ref_grad), rtol=1e-4, atol=1e-6)
     text = jax.jit(lambda x: chunked_cross_entropy(x, head, targets, mask, chunk=16)[0]).lower(h).as_text()
     assert f"tensor<{-(-seq // 16)}x2x16x16xf32>" in text  # ceil(S/16) chunks of 16 tokens, not chunks of 1
+    # Unrolled (what cost estimates compile): the same values, and no loop left in the program.
+    unrolled = jax.jit(lambda x: chunked_cross_entropy(x, head, targets, mask, chunk=16, unroll=True)[0])
+    np.testing.assert_allclose(float(unrolled(h)), float(got_sum), rtol=1e-6)
+    assert "while" in jax.jit(lambda x: chunked_cross_entropy(x, head, targets, mask, chunk=16)[0]).lower(h).compile().as_text()
+    assert "while" not in unrolled.lower(h).compile().as_text()
