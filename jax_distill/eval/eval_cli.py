@@ -50,9 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jax_distill.train.loop import maybe_initialize_distributed
+    from jax_distill.train.config import DistributedConfig
+    from jax_distill.train.distributed import initialize
 
-    maybe_initialize_distributed()  # before any other JAX call: a multi-process job sees all its processes' devices
+    # Before any other JAX call: a multi-process job (explicit JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+    # JAX_PROCESS_ID, SLURM, or a Cloud TPU VM) sees all its processes' devices.
+    initialize(DistributedConfig())
     return _run(args)
 
 
