@@ -163,6 +163,15 @@ def make_mesh(cfg: MeshConfig | None = None, devices: Sequence[Any] | None = Non
     return Mesh(arr, MESH_AXES)
 
 
+def decode_mesh(spec: str, rules: Sequence[str] = ()) -> tuple[Mesh, Rules]:
+    """(mesh, rules) for sampling (eval, open-teacher distillation): ``spec``/``rules`` as :func:`parse_mesh_spec`
+    takes them, over all devices when an axis is -1, else the first data x fsdp x tensor. Raises ValueError."""
+    cfg = parse_mesh_spec(spec, rules, decode=True)
+    sizes = (cfg.data, cfg.fsdp, cfg.tensor)
+    devices = jax.devices() if -1 in sizes else jax.devices()[:math.prod(sizes)]
+    return make_mesh(cfg, devices), cfg.axis_rules(DECODE_RULES)
+
+
 def current_rules() -> Rules:
     """The rules of the enclosing ``nnx.logical_axis_rules`` context, else :data:`DEFAULT_RULES`."""
     return tuple(get_logical_axis_rules()) or DEFAULT_RULES

@@ -20,7 +20,8 @@ _FLAGS = {"input": "input", "config_name": "config_name", "split": "split", "lim
           "samples": "samples", "keep": "keep", "max_per_problem": "max_per_problem", "teacher": "teacher.kind",
           "model": "teacher.model", "endpoint": "teacher.endpoint", "api_key_env": "teacher.api_key_env",
           "checkpoint": "teacher.checkpoint", "concurrency": "teacher.concurrency", "cache": "teacher.cache",
-          "max_tokens": "teacher.max_tokens", "tokenizer": "filters.tokenizer", "ngram": "decontam.ngram"}
+          "max_tokens": "teacher.max_tokens", "tokenizer": "filters.tokenizer", "ngram": "decontam.ngram",
+          "mesh": "teacher.mesh"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", help="base URL, e.g. http://127.0.0.1:8000/v1 (default api.openai.com)")
     p.add_argument("--api-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
     p.add_argument("--checkpoint", help="open teacher: HF dir, Orbax dir or training checkpoint")
+    p.add_argument("--mesh", metavar="AXIS=N,...", help="open teacher: decode mesh, as eval --mesh (e.g. "
+                   "data=2,tensor=4: weights tensor-parallel, slots over data; default: one device)")
     p.add_argument("--concurrency", type=int, help="API requests in flight at most (default 16)")
     p.add_argument("--max-tokens", type=int, help="teacher completion budget per sample (default 32768)")
     p.add_argument("--cache", help="response cache JSONL (default OUT/cache/teacher.jsonl; local only)")
@@ -157,13 +160,19 @@ def run(args: argparse.Namespace) -> int:
         from jax_distill.distill.open_teacher import EngineTeacher
         from jax_distill.train.checkpoint import load_any
 
-        model = load_any(tc.checkpoint, tc.dtype)
+        from flax import nnx
+
+        from jax_distill.sharding import DECODE_RULES, decode_mesh
+
+        mesh, rules = decode_mesh(tc.mesh, tc.rules) if tc.mesh or tc.rules else (None, None)
+        with nnx.logical_axis_rules(rules or DECODE_RULES):  # each parameter placed by the decode rules
+            model = load_any(tc.checkpoint, tc.dtype, mesh=mesh)
         ttok = load_tokenizer(tc.tokenizer) if tc.tokenizer else tok
         name = f"open:{Path(tc.checkpoint.rstrip('/')).name}"
         teacher = EngineTeacher(model, ttok, name=name, max_tokens=tc.max_tokens,
                                 temperature=0.6 if tc.temperature is None else tc.temperature,
                                 top_p=0.95 if tc.top_p is None else tc.top_p, seed=tc.seed, slots=tc.slots,
-                                compact=tc.compact)
+                                compact=tc.compact, mesh=mesh, rules=rules)
         p_in = p_out = 0.0
         src = "open teacher: compute, no API price"
     cache = ResponseCache(_cache_path(cfg))
@@ -175,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
     if tc.kind == "open":
         rep["teacher"].update(engine_seconds=teacher.seconds, generated_tokens=teacher.generated_tokens,
                               param_count=int(model.config.param_count()) if hasattr(model.config, "param_count")
-                              else None)
+                              else None, mesh=dict(mesh.shape) if mesh is not None else None,
+                              weight_devices=len(model.embed[...].sharding.device_set))
     rep["decontamination"].update(ngram=cfg.decontam.ngram, min_overlap=cfg.decontam.min_overlap,
                                   sets={k: {"file": v, "problems": index.sizes[k]} for k, v in
                                         cfg.decontam.sets.items()} if index else {})

@@ -38,6 +38,9 @@ class TeacherConfig:
     tokenizer: str = ""  # the teacher's tokenizer (default: the student's, `filters.tokenizer`)
     slots: int = 64  # engine decode slots
     compact: bool = True  # engine: gather the live rows into a smaller batch in the tail (one compile per size)
+    # Decode mesh, as `eval --mesh`: "data=2,tensor=4" (weights tensor-parallel, slots over data); "" = one device.
+    mesh: str = ""
+    rules: list[str] = field(default_factory=list)  # decode rule overrides, e.g. ["kv_heads=null"]
     seed: int = 0
     dtype: str = "bfloat16"
 
@@ -46,6 +49,12 @@ class TeacherConfig:
             raise ValueError("teacher: concurrency and max_tokens must be >= 1, max_retries >= 0, timeout > 0")
         if self.kind == "open" and not self.checkpoint:
             raise ValueError("teacher.kind open needs teacher.checkpoint (an HF dir, Orbax dir or checkpoint)")
+        if self.mesh or self.rules:
+            from jax_distill.sharding import parse_mesh_spec
+
+            m = parse_mesh_spec(self.mesh, self.rules, decode=True)
+            if m.data > 0 and self.slots % m.data:
+                raise ValueError(f"teacher.slots {self.slots} must divide by the mesh's data axis ({m.data})")
 
 
 @dataclass

@@ -21,12 +21,14 @@ def request_seed(seed: int, req: Request) -> int:
 
 
 class EngineTeacher:
-    """``model`` (a `Qwen2ForCausalLM`) behind the chat template of ``tok``; ``temperature`` 0 = greedy. Token usage
+    """``model`` (a `Qwen2ForCausalLM`, on ``mesh`` when given) behind the chat template of ``tok``; ``temperature``
+    0 = greedy; ``mesh``/``rules``: a decode mesh (`sharding.decode_mesh`). Token usage
     is counted from the ids (prompt + generated); there is no price, ``seconds`` is the engine time."""
 
     def __init__(self, model: Any, tok: Tokenizer, *, name: str, max_tokens: int, temperature: float = 0.6,
-                 top_p: float = 0.95, seed: int = 0, slots: int = 64, chunk_steps: int = 64, compact: bool = True):
-        self.engine = Engine(model, slots=slots, chunk_steps=chunk_steps, compact=compact)
+                 top_p: float = 0.95, seed: int = 0, slots: int = 64, chunk_steps: int = 64, compact: bool = True,
+                 mesh: Any = None, rules: Any = None):
+        self.engine = Engine(model, slots=slots, chunk_steps=chunk_steps, compact=compact, mesh=mesh, rules=rules)
         self.tok, self.max_tokens, self.temperature, self.top_p, self.seed = tok, max_tokens, temperature, top_p, seed
         self.cache_id = f"open:{name}:t{temperature}:p{top_p}:m{max_tokens}:s{seed}"
         self.seconds = 0.0

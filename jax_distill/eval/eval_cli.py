@@ -50,15 +50,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jax_distill.train.loop import maybe_initialize_distributed
+    from jax_distill.train.config import DistributedConfig
+    from jax_distill.train.distributed import initialize
 
-    maybe_initialize_distributed()  # before any other JAX call: a multi-process job sees all its processes' devices
+    # Before any other JAX call: a multi-process job (explicit JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+    # JAX_PROCESS_ID, SLURM, or a Cloud TPU VM) sees all its processes' devices.
+    initialize(DistributedConfig())
     return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
     import functools
-    import math
 
     import jax
     from flax import nnx
@@ -70,17 +72,13 @@ def _run(args: argparse.Namespace) -> int:
     from jax_distill.manifest import write_manifest
     from jax_distill.sample.engine import Engine
     from jax_distill.sample.sampler import generate
-    from jax_distill.sharding import DECODE_RULES, make_mesh, parse_mesh_spec
+    from jax_distill.sharding import DECODE_RULES, decode_mesh
     from jax_distill.train.checkpoint import load_any
 
     mesh = rules = None
     if args.mesh or args.rule or jax.process_count() > 1:
         try:
-            mesh_cfg = parse_mesh_spec(args.mesh or "", args.rule, decode=True)
-            rules = mesh_cfg.axis_rules(DECODE_RULES)
-            sizes = (mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
-            devices = jax.devices() if -1 in sizes else jax.devices()[:math.prod(sizes)]
-            mesh = make_mesh(mesh_cfg, devices)
+            mesh, rules = decode_mesh(args.mesh or "", args.rule)
         except ValueError as err:
             raise UserError(f"--mesh/--rule: {err}") from None
         if args.static_batching:

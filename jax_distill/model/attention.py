@@ -404,7 +404,7 @@ def cudnn_target(compute_capability: str):
     jax's cuDNN wrapper checks the GPU generation by asking the default backend for its first device (packed runs
     need Hopper, 9.0); a CPU host has none, so the check fails even when compiling for H100 target specs. Inside
     this context the check answers for ``compute_capability`` (e.g. "9.0") instead."""
-    from jax._src.cudnn import fused_attention_stablehlo as fa
+    import jax._src.cudnn.fused_attention_stablehlo as fa
 
     target = tuple(int(x) for x in compute_capability.split("."))
     saved = fa.check_compute_capability, fa.is_cuda_compute_capability_equal

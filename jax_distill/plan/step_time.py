@@ -100,6 +100,15 @@ def splash_flops_per_chip(cfg: ModelConfig, mesh: Mesh, batch_size: int, seq_len
     return float(per_product * products * rows * heads * cfg.num_hidden_layers)
 
 
+def _compile_unrolled(cfg: ModelConfig, mesh: Mesh, batch_size: int, seq_len: int):
+    """The training step as `plan/aot.py` compiles it, with the loss unrolled and windowed einsum off."""
+    from jax_distill.train.step import abstract_train_step
+
+    fn, args = abstract_train_step(cfg, mesh, batch_size=batch_size, seq_len=seq_len, unroll_loss=True)
+    with jax.set_mesh(mesh):  # splash runs its kernel under shard_map over the mesh in context
+        return fn.lower(*args).compile(compiler_options=NO_WINDOWED_EINSUM)
+
+
 def _axes_size(mesh: Mesh, axes) -> int:
     size = 1
     for a in axes:
@@ -112,17 +121,15 @@ def estimate_tpu_step(cfg: ModelConfig, mesh: Mesh, *, batch_size: int, seq_len:
     """Estimate one training step of ``cfg`` at [batch_size, seq_len] on ``mesh`` (abstract TPU devices).
 
     ``compile_fn(cfg, mesh, batch_size, seq_len)`` compiles the step with the loss unrolled (default:
-    :func:`jax_distill.plan.aot.compile_train_step` with :data:`NO_WINDOWED_EINSUM`). ``peak_flops``: the chip's datasheet bf16 peak, for the MFU.
+    the step as ``plan/aot.py`` compiles it, with :data:`NO_WINDOWED_EINSUM`). ``peak_flops``: the chip's datasheet bf16 peak, for the MFU.
     """
     from jax_distill.model.flops import train_flops_per_token
-    from jax_distill.plan.aot import compile_train_step
 
     cfg = cfg.resolve()
     if batch_size % grad_accum:
         raise ValueError(f"batch {batch_size} does not divide into {grad_accum} micro-batches")
     micro = batch_size // grad_accum
-    compile_fn = compile_fn or (lambda c, m, b, s: compile_train_step(c, m, b, s, unroll_loss=True,
-                                                                      compiler_options=NO_WINDOWED_EINSUM))
+    compile_fn = compile_fn or _compile_unrolled
     seconds, flops, loops = [], [], 0
     for layers in (1, 2):
         small = dataclasses.replace(cfg, num_hidden_layers=layers, scan_layers=False)

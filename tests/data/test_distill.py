@@ -348,19 +348,20 @@ def open_teacher_dir(tmp_path_factory):
 
 
 def test_distill_open_teacher_is_deterministic(tmp_path, open_teacher_dir, capsys):
-    """Traces sampled by our engine from a local checkpoint, graded and written; same seed, same bytes."""
+    """Traces sampled by our engine from a local checkpoint, graded and written; same seed, same bytes, on one device
+    or a decode mesh."""
     src = tmp_path / "problems.jsonl"
     src.write_text(json.dumps({"id": "p", "problem": "What is 1 + 2 ?", "answer": "3"}) + "\n"
                    + json.dumps({"id": "q", "problem": "What is 2 + 2 ?", "answer": "4"}) + "\n")
 
-    def run(out, seed):
+    def run(out, seed, *extra):
         capsys.readouterr()
         assert main(["data", "distill", "--input", str(src), "--out", str(out), "--teacher", "open",
                      "--checkpoint", str(open_teacher_dir / "model"), "--tokenizer", str(open_teacher_dir / "tok"),
                      "--samples", "16", "--keep", "all", "--max-tokens", "10", "--json", "teacher.dtype=float32",
                      f"teacher.seed={seed}", "teacher.temperature=1.0", "teacher.top_p=1.0", "teacher.slots=32",
                      "teacher.compact=false",
-                     "teacher.system_prompt=user", "filters.near_duplicate=1.0"]) == 0
+                     "teacher.system_prompt=user", "filters.near_duplicate=1.0", *extra]) == 0
         return json.loads(capsys.readouterr().out)
 
     rep = run(tmp_path / "a", 0)
@@ -385,7 +386,10 @@ def test_distill_open_teacher_is_deterministic(tmp_path, open_teacher_dir, capsy
         flops = 2 * n_params * rep["tokens"]["teacher_completion"]
         assert ln["data_chip_hours"] == pytest.approx(flops / (CHIPS[ln["chip"]].peak_bf16_flops * 0.05) / 3600)
         assert ln["data_api_usd"] == 0
-    rep_again = run(tmp_path / "b", 0)
+    # Again on a (data=2, tensor=2) decode mesh: weights tensor-parallel, slots over data; the same bytes.
+    rep_again = run(tmp_path / "b", 0, "--mesh", "data=2,tensor=2")
+    assert rep_again["teacher"]["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2}
+    assert rep_again["teacher"]["weight_devices"] == 4 and rep["teacher"]["weight_devices"] == 1
     assert (tmp_path / "b" / "traces-00000.jsonl").read_bytes() == (tmp_path / "a" / "traces-00000.jsonl").read_bytes()
     assert rep_again["samples"] == s
     rep_other = run(tmp_path / "c", 1)
