@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="storage dtype of the output (float32, bfloat16); default: the source's")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer (.tiktoken, dir or hub name) written with a Hugging Face output, with a "
-                        "generation_config.json; default: the source's, when it is an HF dir that has one")
+                        "generation_config.json (default: none; training's stage exports carry theirs)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,9 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from jax_distill.train.checkpoint import load_any, source_kind
 
     kind = source_kind(args.src)
+    if args.tokenizer and kind == "hf":
+        raise UserError("--tokenizer goes with a Hugging Face output (an Orbax checkpoint holds weights only)")
     tok = load_tokenizer(args.tokenizer) if args.tokenizer else None  # a bad --tokenizer fails before the weights load
-    if tok is None and kind == "hf" and (Path(args.src) / "tokenizer_config.json").is_file():
-        tok = load_tokenizer(args.src)
     dtype = args.dtype
     if dtype is None and kind in ("hf", "orbax"):
         dtype = json.loads((Path(args.src) / "config.json").read_text()).get("torch_dtype") or "float32"

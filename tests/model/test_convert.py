@@ -44,6 +44,9 @@ def test_convert_writes_the_tokenizer_and_refuses_one_too_large(tmp_path, capsys
     assert GenerationConfig.from_pretrained(tmp_path / "out").eos_token_id == tok.stop_ids
     make_hf_model(tmp_path / "small", tied=False, vocab=64)
     capsys.readouterr()
+    assert main(["convert", "--from", str(tmp_path / "out"), "--to", str(tmp_path / "o2"),
+                 "--tokenizer", str(tok_dir)]) == 2  # HF -> Orbax: weights only
+    assert "goes with a Hugging Face output" in capsys.readouterr().err
     assert main(["convert", "--from", str(tmp_path / "small"), "--to", str(tmp_path / "bad"),
                  "--tokenizer", str(tok_dir), "--dtype", "float32"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
