@@ -47,7 +47,9 @@ def test_convert_writes_the_tokenizer_and_refuses_one_too_large(tmp_path, capsys
     assert main(["convert", "--from", str(tmp_path / "out"), "--to", str(tmp_path / "o2"),
                  "--tokenizer", str(tok_dir)]) == 2  # HF -> Orbax: weights only
     assert "goes with a Hugging Face output" in capsys.readouterr().err
-    assert main(["convert", "--from", str(tmp_path / "small"), "--to", str(tmp_path / "bad"),
+    assert main(["convert", "--from", str(tmp_path / "small"), "--to", str(tmp_path / "small_orbax")]) == 0
+    capsys.readouterr()
+    assert main(["convert", "--from", str(tmp_path / "small_orbax"), "--to", str(tmp_path / "bad"),
                  "--tokenizer", str(tok_dir), "--dtype", "float32"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "more than the model's 64 embedding rows" in err[0] and str(tok_dir) in err[0]
