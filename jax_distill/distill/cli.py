@@ -78,7 +78,9 @@ def build_config(args: argparse.Namespace):
             node = data
             *parents, last = key.split(".")
             for part in parents:
-                node = node.setdefault(part, {}) or {}
+                if not isinstance(node.get(part), dict):  # absent or null in the YAML: a section of its own
+                    node[part] = {}
+                node = node[part]
             node[last] = value
     if args.decontam:
         sets = dict(data.get("decontam", {}).get("sets") or {})

@@ -53,6 +53,7 @@ class TeacherServer:
 
     def __init__(self):
         self.port, self.requests, self.inflight, self.max_inflight = free_port(), 0, 0, 0
+        self.delay = 0.02  # seconds per answer
         self.usage = Counter()  # over answered (200, valid) responses, by problem
         self.attempts = Counter()
         lock, srv = threading.Lock(), self
@@ -89,7 +90,7 @@ class TeacherServer:
                     srv.attempts[(a, seed)] += 1
                     attempt = srv.attempts[(a, seed)]
                 try:
-                    time.sleep(0.02)
+                    time.sleep(srv.delay)
                     if a == 7 and attempt <= 2:
                         return self._send(429 if attempt == 1 else 500, b'{"error": {"message": "injected"}}')
                     if a == 9 and attempt == 1:  # the client times out and retries; this one no longer counts
@@ -279,6 +280,47 @@ def test_distill_api_teacher_to_gcs_with_crash_and_resume(tmp_path, teacher_serv
     assert rows and all(r["loss"] > 0 for r in rows if "loss" in r)
 
 
+def test_distill_sigkill_then_rerun_writes_nothing_twice(tmp_path, teacher_server):
+    """A real process killed with SIGKILL after its first shard is committed, then the same command again: every
+    problem's traces once, the killed run's answers taken from the cache (at most the in-flight ones asked again)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    rows = [{"id": f"add{a}", "problem": f"What is {a} + {a + 1}?", "answer": str(2 * a + 1)} for a in (1, 3, 5, 13)]
+    src = tmp_path / "problems.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    teacher_server.delay = 0.4  # slow enough to kill the run between shards
+    cmd = [sys.executable, "-m", "jax_distill.cli", "data", "distill", "--input", str(src), "--out", str(out),
+           "--endpoint", teacher_server.url, "--model", "r1", "--api-key-env", "TEST_KEY", "--concurrency", "2",
+           "--cache", str(tmp_path / "cache.jsonl"), "--tokenizer", TOK, "--samples", "4", "--json",
+           "shard_problems=1", "filters.max_tokens=300", "teacher.timeout=5"]
+    env = dict(os.environ, TEST_KEY="k", JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "traces-00000.meta.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_requests = teacher_server.requests
+    assert killed_requests < 16 and not (out / "distill_report.json").exists()
+    teacher_server.delay = 0.02
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rep = json.loads(done.stdout)
+    traces = [json.loads(x) for sh in rep["shards"] for x in (out / sh["file"]).read_text().splitlines()]
+    ids = [t["id"] for t in traces]
+    assert len(ids) == len(set(ids)) == rep["samples"]["kept"] > 0  # nothing written twice
+    assert rep["problems"]["done"] == 4 and rep["complete"] and len(rep["shards"]) == 4
+    # Every answer the killed run received was cached as it arrived; only requests in flight at the kill (at most
+    # --concurrency) were asked again.
+    assert 16 <= teacher_server.requests <= 16 + 2
+    assert rep["this_run"]["cache_hits"] + rep["this_run"]["requests"] == 4 * 4 - 4  # shard 0 was committed
+
+
 def test_example_config_and_usage_errors(tmp_path, capsys):
     """The YAML example loads into the schema; a missing input or tokenizer, or a bad value, is one line, exit 2."""
     from jax_distill.config import load_config
@@ -286,6 +328,13 @@ def test_example_config_and_usage_errors(tmp_path, capsys):
 
     cfg = load_config(DistillConfig, REPO_ROOT / "configs" / "distill_example.yaml", ["samples=8"])
     assert cfg.samples == 8 and cfg.teacher.model == "deepseek-reasoner" and len(cfg.decontam.sets) == 4
+    # Flags alone (no file, no dotted override opening their sections) reach their nested fields.
+    from jax_distill.cli import build_parser
+    from jax_distill.distill.cli import build_config
+
+    flags = build_config(build_parser().parse_args(["data", "distill", "--input", "x.jsonl", "--out", str(tmp_path),
+                                                    "--tokenizer", TOK, "--model", "qwq", "--mesh", "data=2"]))
+    assert (flags.filters.tokenizer, flags.teacher.model, flags.teacher.mesh) == (TOK, "qwq", "data=2")
     for argv, message in [
         (["--out", str(tmp_path), "--tokenizer", TOK], "no --input given"),
         (["--input", "x.jsonl", "--out", str(tmp_path)], "no student tokenizer"),
