@@ -70,21 +70,36 @@ def parse_topology(name: str) -> Topology:
 
 def topology_devices(topo: Topology):
     """Abstract devices of the slice (needs libtpu; no TPU)."""
-    from jax.experimental import topologies
 
     from jax_distill.hardware import accelerator_present
 
-    if not accelerator_present():
-        # On a host without TPUs libtpu still asks the VM metadata for its slice and prints a screen of warnings
-        # ("unexpected worker hostname ..."); compiling for a described topology needs none of it.
-        for key, value in (("TPU_ACCELERATOR_TYPE", topo.name), ("TPU_WORKER_HOSTNAMES", "localhost"),
-                           ("TPU_WORKER_ID", "0")):
-            os.environ.setdefault(key, value)
+    # On a host without TPUs libtpu still asks the VM metadata for its slice and prints a screen of warnings
+    # ("unexpected worker hostname ..."); compiling for a described topology needs none of it. The variables are
+    # set only while libtpu loads: left in the environment they would make this process (and its children) look like
+    # a TPU worker to jax.distributed (train/distributed.py).
+    quiet = {} if accelerator_present() else {"TPU_ACCELERATOR_TYPE": topo.name, "TPU_WORKER_HOSTNAMES": "localhost",
+                                              "TPU_WORKER_ID": "0"}
+    saved = {k: os.environ.get(k) for k in quiet}
+    for key, value in quiet.items():
+        os.environ.setdefault(key, value)
+    try:
+        return _describe(topo).devices
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _describe(topo: Topology):
+    from jax.experimental import topologies
+
     kwargs = dict(topology_name=topo.topology_name, platform="tpu", chip_config_name=topo.chip_config_name,
                   chips_per_host_bounds=(2, 2, 1), num_slices=1)
     if any(topo.wrap):
         kwargs["wrap"] = topo.wrap
-    return topologies.get_topology_desc(**kwargs).devices
+    return topologies.get_topology_desc(**kwargs)
 
 
 def libtpu_available() -> bool:

@@ -193,3 +193,20 @@ def test_plan_on_a_cpu_host_prints_no_libtpu_start_up_noise():
     noise = [line for line in done.stderr.splitlines()
              if any(w in line for w in ("TPU_ACCELERATOR_TYPE", "hostname", "INVALID_ARGUMENT", "host bounds"))]
     assert not noise, noise
+
+
+@needs_libtpu
+def test_topology_devices_leave_no_tpu_worker_variables(monkeypatch):
+    """The variables that quiet libtpu are set only while it loads: left behind they made this process and its
+    children look like GKE TPU workers to `train/distributed.py`, which then called jax.distributed.initialize."""
+    import os
+
+    from jax_distill.plan.topology import topology_devices
+    from jax_distill.train.config import DistributedConfig
+    from jax_distill.train.distributed import detect
+
+    for key in ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID"):
+        monkeypatch.delenv(key, raising=False)
+    assert len(topology_devices(parse_topology("v5p-16"))) == 8
+    assert not {"TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID"} & set(os.environ)
+    assert detect(DistributedConfig(), os.environ, tpu_present=False).kind == "none"
