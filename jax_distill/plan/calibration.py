@@ -94,24 +94,30 @@ def estimate_slice(cfg, topology: str, mesh_cfg, *, batch_size: int, seq_len: in
         from jax_distill.plan.topology import parse_topology
 
         topo = parse_topology(topology)
+        fits, peak, est, error = None, None, {}, None
         if fit:
             from jax_distill.plan.aot import plan_training
 
             r = plan_training(cfg, topo, seq_len=seq_len, batch_size=batch_size, mesh_cfg=mesh_cfg,
-                              grad_accum=grad_accum, estimate=True)
-            est, fits, peak = r.estimate, r.fits, r.per_chip_bytes
-        else:
-            from jax_distill.plan.step_time import estimate_tpu_step
-            from jax_distill.plan.topology import topology_devices
-            from jax_distill.sharding import make_mesh
+                              grad_accum=grad_accum, estimate=False)
+            fits, peak = r.fits, r.per_chip_bytes
+        from jax_distill.plan.step_time import estimate_tpu_step
+        from jax_distill.plan.topology import topology_devices
+        from jax_distill.sharding import make_mesh
 
+        try:
             est = estimate_tpu_step(cfg, make_mesh(mesh_cfg, topology_devices(topo)), batch_size=batch_size,
                                     seq_len=seq_len, grad_accum=grad_accum,
                                     peak_flops=topo.chip.peak_bf16_flops).as_dict()
-            fits, peak = None, None
-        out = {"ours_mfu": est["mfu"], "step_s": est["step_seconds"],
+        except Exception as err:  # a 1-layer program too large for the chip is a result, not a crash
+            if "RESOURCE_EXHAUSTED" not in str(err):
+                raise
+            error = str(err).splitlines()[0][:300]
+        out = {"ours_mfu": est.get("mfu"), "step_s": est.get("step_seconds"),
                "estimator": "libtpu optimal_seconds (plan/step_time.py)", "fits": fits,
                "per_chip_gib": (peak or 0) / 2**30 if peak else None, "usable_gib": topo.hbm_bytes / 2**30}
+        if error:
+            out["error"] = error
     out["compile_s"] = round(time.perf_counter() - t0, 1)
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
@@ -135,7 +141,8 @@ def per_chip_mfu(estimates: dict[str, Any] | None, calibration: dict[str, Any] |
     for chip, e in ((estimates or {}).get("chips") or {}).items():
         fam = FAMILY[chip]
         if not usable(e.get("ours_mfu")) or fam not in facs:
-            why = "no calibration factor" if fam not in facs else f"its estimate {e.get('ours_mfu')} is unusable"
+            why = ("no calibration factor" if fam not in facs else f"no estimate ({e['error'][:60]}...)"
+                   if e.get("error") else f"its estimate {e.get('ours_mfu')} is unusable")
             out[chip] = {**e, "reason": f"compiled on {e['topology']}, {why}"}
             continue
         out[chip] = {**e, "raw_mfu": e["ours_mfu"], "factor": facs[fam], "mfu": e["ours_mfu"] * facs[fam],

@@ -85,7 +85,8 @@ def test_cost_json_on_the_72b_recipe_has_per_chip_mfu_fit_and_data(tmp_path, cap
 
 @pytest.mark.skipif(not libtpu_available(), reason="libtpu not installed (pip install 'jax-distill[tpu]')")
 def test_tpu_cost_model_prices_one_large_matmul_at_its_flops_over_the_matmul_rate():
-    """libtpu's optimal_seconds for one n^3 bf16 matmul on a v5p chip is 2 n^3 / 394 TFLOP/s, and 8x that at 2n."""
+    """libtpu's optimal_seconds for one compute-bound n^3 bf16 matmul on a v5p chip is 2 n^3 / 394 TFLOP/s (at 8192
+    and at 16384: 8x the time for 2x the side; a 4096 matmul is not yet compute-bound in its model)."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding
@@ -96,11 +97,11 @@ def test_tpu_cost_model_prices_one_large_matmul_at_its_flops_over_the_matmul_rat
 
     one = NamedSharding(Mesh(topology_devices(parse_topology("v5p-8"))[:1], ("x",)), P())
     seconds = {}
-    for n in (4096, 8192):
+    for n in (8192, 16384):
         a = jax.ShapeDtypeStruct((n, n), jnp.bfloat16, sharding=one)
         seconds[n] = _costs(jax.jit(lambda x, y: x @ y, out_shardings=one).lower(a, a).compile())["optimal_seconds"]
-    assert seconds[8192] == pytest.approx(2 * 8192**3 / 394e12, rel=0.02)
-    assert seconds[8192] / seconds[4096] == pytest.approx(8, rel=0.05)
+    for n, t in seconds.items():
+        assert t == pytest.approx(2 * n**3 / 394e12, rel=0.02)
 
 
 def test_unusable_or_uncalibrated_estimates_fall_back_and_say_why():
