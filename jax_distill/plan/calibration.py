@@ -14,6 +14,7 @@ Anchor compiles and the per-config estimates are slow (minutes); both are cached
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +237,7 @@ def compute_estimates(cfg, slices: dict[str, str]) -> dict[str, Any]:
             model = dataclasses.replace(model, attention="splash")
         res = estimate_slice(model, topology, cfg.mesh, batch_size=batch, seq_len=seq_len, grad_accum=grad_accum)
         chips[chip] = {"topology": topology, "attention": model.attention, **res}
-        print(chip, chips[chip], flush=True)
+        print(chip, chips[chip], file=sys.stderr, flush=True)  # progress; stdout stays `cost --json`
     return {"batch_size": batch, "seq_len": seq_len, "grad_accum": grad_accum, "computed_with": versions(),
             "chips": chips}
 

@@ -114,3 +114,19 @@ def test_unusable_or_uncalibrated_estimates_fall_back_and_say_why():
     assert pc["v5p"]["mfu"] == pytest.approx(0.45) and "x tpu calibration 0.90" in pc["v5p"]["reason"]
     assert "mfu" not in pc["v6e"] and "unusable" in pc["v6e"]["reason"] and pc["v6e"]["fits"] is False
     assert "mfu" not in pc["h100"] and "no calibration factor" in pc["h100"]["reason"]
+
+
+@pytest.mark.skipif(not libtpu_available(), reason="libtpu not installed (pip install 'jax-distill[tpu]')")
+def test_cost_estimate_compiles_the_named_slice_and_applies_the_factor(capsys):
+    """`cost --estimate --slices v5p=v5p-8` compiles the tiny config's step there: that chip's MFU is the estimate x
+    the TPU factor, with its slice and fit; the chips without a slice keep the assumed MFU and say so."""
+    cal = yaml.safe_load((REPO_ROOT / "configs" / "calibration.yaml").read_text())
+    assert main(["cost", "--config", str(REPO_ROOT / "configs" / "tiny_cpu.yaml"), "--json", "--estimate",
+                 "--slices", "v5p=v5p-8", "--chips", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    v5p = next(ln for ln in out["lines"] if ln["chip"] == "v5p")
+    raw = v5p["mfu"] / cal["factors"]["tpu"]
+    assert 0 < raw < 1 and v5p["slice"] == "v5p-8" and v5p["fits"] is True
+    assert v5p["mfu_source"].startswith("compiled estimate on v5p-8") and v5p["cheapest_fitting"]
+    h100 = next(ln for ln in out["lines"] if ln["chip"] == "h100")
+    assert (h100["mfu"], h100["fits"]) == (0.4, None) and h100["mfu_source"].startswith("assumed default")
