@@ -6,9 +6,11 @@ evaluation work is 2N + attention per generated token (decode is memory-bound, s
 Data generation (stage-2 teacher traces, `jax-distill data distill`) comes from a distill_report.json: an API
 teacher's dollars as billed (the same on every line), or an open teacher's generated tokens priced like decoding
 (2N FLOPs per token at the decode efficiency) on each chip.
-Efficiency comes from a measured run (its metrics.jsonl MFU, applied to the chip it ran on and, scaled by peak, to
-the others) or from an assumed MFU. Costs are per chip-hour, so they do not depend on slice size as long as
-scaling is linear; the wall time is reported for a given number of chips.
+Training efficiency (MFU) per chip, in this order: a measured run (its metrics.jsonl MFU, applied to every chip), an
+MFU assumed on the command line, else our compiled step-time estimate for that chip's slice times its family's
+calibration factor (plan/calibration.py), else the default assumed MFU; each line says which. Costs are per
+chip-hour, so they do not depend on slice size as long as scaling is linear; the wall time is reported for a given
+number of chips.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ class Line:
     wall_hours_on: dict[str, float] = field(default_factory=dict)
     data_chip_hours: float = 0.0  # open teacher: decoding the traces
     data_api_usd: float = 0.0  # API teacher: what the traces were billed
+    mfu: float = 0.0  # training MFU used for this chip
+    mfu_source: str = ""  # why: "measured --from-run ...", "assumed --mfu", "compiled estimate ... x calibration"
+    slice: str | None = None  # the slice the estimate and the fit were compiled for
+    fits: bool | None = None  # does the stage fit on that slice (None: not compiled)
+    cheapest_fitting: bool = False  # the cheapest line, for its pricing, among those that fit
 
 
 def load_prices(path: str | Path) -> dict[str, Any]:
@@ -107,19 +114,33 @@ def data_generation(report_path: str | Path) -> dict[str, Any]:
 
 
 def estimate(work: Workload, prices: dict[str, Any], *, train_mfu: float = 0.4, decode_mfu: float = 0.05,
-             chips_for_wall: int = 64, per_chip_mfu: dict[str, float] | None = None) -> list[Line]:
-    """Cost lines for every chip in ``prices`` and both pricings."""
+             chips_for_wall: int = 64, per_chip_mfu: dict[str, float] | None = None,
+             per_chip: dict[str, dict[str, Any]] | None = None, mfu_source: str = "assumed") -> list[Line]:
+    """Cost lines for every chip in ``prices`` and both pricings. ``per_chip[name]``: {mfu, reason, topology, fits}
+    (plan/calibration.per_chip_mfu) replaces ``train_mfu`` for that chip; ``per_chip_mfu`` is the bare-number form."""
     out = []
+    per_chip = dict(per_chip or {})
+    for name, mfu in (per_chip_mfu or {}).items():
+        per_chip.setdefault(name, {"mfu": mfu, "reason": mfu_source})
     for name, row in prices["chips"].items():
         chip = CHIPS[name]
-        mfu = (per_chip_mfu or {}).get(name, train_mfu)
+        pc = per_chip.get(name, {})
+        if "mfu" in pc:
+            mfu, why = pc["mfu"], pc["reason"]
+        else:
+            mfu, why = train_mfu, mfu_source + (f"; {pc['reason']}" if pc.get("reason") else "")
         train_h = work.train_flops() / (chip.peak_bf16_flops * mfu) / 3600
         eval_h = work.eval_flops() / (chip.peak_bf16_flops * decode_mfu) / 3600
         data_h = work.data_flops() / (chip.peak_bf16_flops * decode_mfu) / 3600
         api = (work.data or {}).get("api_usd", 0.0)
         for pricing in ("on_demand", "spot"):
             out.append(Line(name, pricing, train_h, eval_h, (train_h + eval_h + data_h) * row[pricing] + api,
-                            {str(chips_for_wall): (train_h + eval_h + data_h) / chips_for_wall}, data_h, api))
+                            {str(chips_for_wall): (train_h + eval_h + data_h) / chips_for_wall}, data_h, api,
+                            mfu, why, pc.get("topology"), pc.get("fits")))
+    for pricing in ("on_demand", "spot"):
+        fitting = [ln for ln in out if ln.pricing == pricing and ln.fits]
+        if fitting:
+            min(fitting, key=lambda ln: ln.cost_usd).cheapest_fitting = True
     return out
 
 
@@ -142,16 +163,27 @@ def report(work: Workload, lines: list[Line], prices: dict[str, Any], assumption
 def table(rep: dict[str, Any]) -> str:
     data = bool(rep.get("data_generation"))
     head = "| data generation (USD) " if data else ""
-    rows = [f"| chip | pricing | train chip-hours | eval chip-hours {head}| cost (USD) | wall hours on "
-            f"{next(iter(rep['lines'][0]['wall_hours_on']))} chips |", "|---" * (7 if data else 6) + "|"]
+    rows = [(f"| chip | pricing | train MFU (source) | fits (slice) | train chip-hours | eval chip-hours {head}"
+             f"| cost (USD) | wall hours on {next(iter(rep['lines'][0]['wall_hours_on']))} chips |"),
+            "|---" * (9 if data else 8) + "|"]
     for ln in sorted(rep["lines"], key=lambda x: x["cost_usd"]):
         wall = next(iter(ln["wall_hours_on"].values()))
         price = (ln["cost_usd"] - ln["data_api_usd"]) / max(1e-12, ln["train_chip_hours"] + ln["eval_chip_hours"]
                                                              + ln["data_chip_hours"])
         gen = f"| {ln['data_api_usd'] + ln['data_chip_hours'] * price:,.2f} " if data else ""
-        rows.append(f"| {ln['chip']} | {ln['pricing']} | {ln['train_chip_hours']:,.0f} | {ln['eval_chip_hours']:,.1f} "
-                    f"{gen}| {ln['cost_usd']:,.0f} | {wall:,.1f} |")
+        fits = {True: "yes", False: "no", None: "not compiled"}[ln.get("fits")]
+        fits += f" ({ln['slice']})" if ln.get("slice") else ""
+        mark = " **cheapest fitting**" if ln.get("cheapest_fitting") else ""
+        rows.append(f"| {ln['chip']} | {ln['pricing']} | {ln['mfu']:.0%} ({_short(ln['mfu_source'])}) | {fits} "
+                    f"| {ln['train_chip_hours']:,.0f} | {ln['eval_chip_hours']:,.1f} "
+                    f"{gen}| {ln['cost_usd']:,.0f}{mark} | {wall:,.1f} |")
     return "\n".join(rows)
+
+
+def _short(source: str) -> str:
+    if source.startswith("compiled estimate"):
+        return "compiled estimate x calibration"
+    return source.split(" in ")[0] if source.startswith("measured") else source
 
 
 def plot(rep: dict[str, Any], path: str | Path) -> Path:
@@ -166,7 +198,9 @@ def plot(rep: dict[str, Any], path: str | Path) -> Path:
     xs = range(len(chips))
     ax.bar([x - 0.2 for x in xs], [cost[(c, "on_demand")] for c in chips], 0.4, label="on-demand")
     ax.bar([x + 0.2 for x in xs], [cost[(c, "spot")] for c in chips], 0.4, label="spot")
-    ax.set_xticks(list(xs), chips)
+    mfu = {ln["chip"]: ln.get("mfu") for ln in rep["lines"]}
+    fits = {ln["chip"]: {True: "fits", False: "does not fit", None: ""}[ln.get("fits")] for ln in rep["lines"]}
+    ax.set_xticks(list(xs), [f"{c}\nMFU {mfu[c]:.0%}\n{fits[c]}" if mfu[c] else c for c in chips])
     ax.set_ylabel("USD")
     ax.set_title(f"Cost to reproduce: {rep['model']}, {rep['train_tokens'] / 1e9:.2f}B train tokens + eval")
     ax.legend()
