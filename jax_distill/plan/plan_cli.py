@@ -131,8 +131,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"  tokens/step: {result.tokens_per_step:,}  model FLOPs/step: {result.flops_per_step:.3e} "
           f"(6N + causal attention)")
     print(f"  at {result.assumed_mfu:.0%} MFU: {result.step_time_s:.2f} s/step, {result.tokens_per_second:,.0f} tokens/s")
-    if result.estimate:
-        e = result.estimate
+    e = result.estimate
+    if e and not (e["per_layer_seconds"] > 0 and e["step_seconds"] > 0):
+        print(f"  estimated step: none usable (the compiler's cost model gives {e['per_layer_seconds']:.3g} s per "
+              f"layer on {topo.chip.name}; libtpu 0.0.42 reports negative times for v5e/v6e programs, see docs/cost.md)")
+    elif e:
         print(f"  estimated step: {e['step_seconds']:.2f} s = XLA {e['xla_seconds']:.2f} s + Pallas kernels "
               f"{e['kernel_seconds']:.2f} s (compiler cost model at {e['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s, "
               f"{e['hbm_bytes_per_s'] / 1e12:.2f} TB/s), MFU {e['mfu']:.0%} of {topo.chip.peak_bf16_flops / 1e12:.0f} "
