@@ -131,38 +131,44 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def set_dotted(data: dict[str, Any], key: str, value: Any, what: str | None = None) -> None:
+    """Set ``a.b.c`` (list items by index: ``stages.1.steps``) in nested config data to ``value``, creating absent or
+    null sections. ``what``: the user's text, for error messages (default: the key)."""
+    what = what or key
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {what!r}: empty key segment")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth]) or "the config"
+        if isinstance(node, list):  # list items by index: stages.1.steps=5
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {what!r}: {where} is a list of {len(node)} item(s); "
+                                  f"{part!r} is not an index into it")
+            k: Any = int(part)
+        elif isinstance(node, dict):
+            k = part
+        else:
+            raise ConfigError(f"override {what!r}: {where} is a value, not a section")
+        if depth == len(parts) - 1:
+            node[k] = value
+        else:
+            if isinstance(node, dict) and node.get(k) is None:
+                node[k] = {}
+            node = node[k]
+
+
 def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides in place; values are parsed as YAML scalars/lists (``x=[1,2]``, ``y=null``)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected dotted.key=value")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"override {item!r}: empty key segment")
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: cannot parse value: {err}") from None
-        node: Any = data
-        for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            where = ".".join(parts[:depth]) or "the config"
-            if isinstance(node, list):  # list items by index: stages.1.steps=5
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"override {item!r}: {where} is a list of {len(node)} item(s); "
-                                      f"{part!r} is not an index into it")
-                key: Any = int(part)
-            elif isinstance(node, dict):
-                key = part
-            else:
-                raise ConfigError(f"override {item!r}: {where} is a value, not a section")
-            if last:
-                node[key] = value
-            else:
-                if isinstance(node, dict) and node.get(key) is None:
-                    node[key] = {}
-                node = node[key]
+        set_dotted(data, key, value, item)
     return data
 
 

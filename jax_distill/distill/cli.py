@@ -62,7 +62,7 @@ def build_config(args: argparse.Namespace):
     """The config file, then dotted overrides, then flags; validated once."""
     import yaml
 
-    from jax_distill.config import apply_overrides, from_dict
+    from jax_distill.config import apply_overrides, from_dict, set_dotted
     from jax_distill.distill.config import DistillConfig
     from jax_distill.errors import UserError
 
@@ -75,13 +75,7 @@ def build_config(args: argparse.Namespace):
     for flag, key in _FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
-            node = data
-            *parents, last = key.split(".")
-            for part in parents:
-                if not isinstance(node.get(part), dict):  # absent or null in the YAML: a section of its own
-                    node[part] = {}
-                node = node[part]
-            node[last] = value
+            set_dotted(data, key, value)
     if args.decontam:
         sets = dict(data.get("decontam", {}).get("sets") or {})
         for item in args.decontam:
