@@ -59,3 +59,28 @@ def gcs(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def run_two_processes(module: str, args: list[str], timeout: float, what: str) -> None:
+    """Run ``python -m module PROCESS_ID PORT *args`` for process ids 0 and 1 (a fresh coordinator port, this test
+    run's XLA_FLAGS removed: each script sets its own device count); fails the test unless both exit 0 and print
+    ``process <i>: OK``."""
+    import subprocess
+    import sys
+
+    from tests.data.gcs_emulator import free_port
+
+    port = str(free_port())
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [subprocess.Popen([sys.executable, "-m", module, str(i), port, *args], cwd=REPO_ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"{what} timed out")
+    for i, (p, text) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0 and f"process {i}: OK" in text, text[-4000:]

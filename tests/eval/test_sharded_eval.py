@@ -1,17 +1,13 @@
 """`jax-distill eval` on a decode mesh (data=2, tensor=2) and under two processes writes what one device writes."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from jax_distill.cli import main
 from jax_distill.sharding import DECODE_RULES, MeshConfig, make_mesh, parse_mesh_spec
-from tests.conftest import REPO_ROOT
-from tests.data.gcs_emulator import free_port
+from tests.conftest import REPO_ROOT, run_two_processes
 
 DATA = REPO_ROOT / "configs" / "tiny_data"
 # Sampled (temperature and top-p): every token is a draw from the logits, so a different sharding that changed them
@@ -57,23 +53,9 @@ def test_eval_on_a_data_tensor_mesh_equals_one_device(tiny_hf, one_device, tmp_p
 
 @pytest.mark.slow  # two fresh JAX processes compiling the engine: ~50 s on 2 shared cores
 def test_eval_under_two_processes_equals_one_device(tiny_hf, one_device, tmp_path):
-    port = str(free_port())
     out = tmp_path / "two"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.eval.two_process_eval", str(i), port, str(out), "--",
-                               "--model", str(tiny_hf), *EVAL_ARGS],
-                              cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("two-process eval timed out")
-    for i, (p, text) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0 and f"process {i}: OK" in text, text[-4000:]
+    run_two_processes("tests.eval.two_process_eval", [str(out), "--", "--model", str(tiny_hf), *EVAL_ARGS], 300,
+                      "two-process eval")
     _same_results(one_device, out)
     assert json.loads((out / "manifest.json").read_text())["devices"]["process_count"] == 2
 

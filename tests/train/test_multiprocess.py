@@ -1,32 +1,11 @@
 """Two local JAX processes (jax.distributed over 127.0.0.1, gloo CPU collectives): every process's data-iterator
 state goes into each checkpoint (data/process_<i>-of-<n>.json) and comes back to that process."""
 
-import os
-import subprocess
-import sys
-
-import pytest
-
-from tests.conftest import REPO_ROOT
-from tests.data.gcs_emulator import free_port
+from tests.conftest import run_two_processes
 
 
 def _run_pair(directory: str) -> None:
-    port = str(free_port())
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.train.two_process_checkpoint", str(i), port, directory],
-                              cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("two-process checkpoint test timed out")
-    for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0 and f"process {i}: OK" in out, out[-4000:]
+    run_two_processes("tests.train.two_process_checkpoint", [directory], 240, "two-process checkpoint test")
 
 
 def test_two_processes_keep_their_own_data_state_local(tmp_path):
