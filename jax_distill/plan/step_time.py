@@ -23,6 +23,7 @@ Both parts are rooflines (no launch gaps, no pipeline bubbles), so the estimate 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +96,7 @@ def splash_flops_per_chip(cfg: ModelConfig, mesh: Mesh, batch_size: int, seq_len
     products = 2 * forwards + 7
     batch_axes, head_axis, rep = splash_mesh_split(mesh, batch_size, cfg.num_attention_heads,
                                                    cfg.num_key_value_heads)
-    rows = batch_size // max(1, _axes_size(mesh, batch_axes))
+    rows = batch_size // math.prod(mesh.shape[a] for a in batch_axes)
     heads = cfg.num_attention_heads // (mesh.shape[head_axis] if head_axis else 1)
     return float(per_product * products * rows * heads * cfg.num_hidden_layers)
 
@@ -107,13 +108,6 @@ def _compile_unrolled(cfg: ModelConfig, mesh: Mesh, batch_size: int, seq_len: in
     fn, args = abstract_train_step(cfg, mesh, batch_size=batch_size, seq_len=seq_len, unroll_loss=True)
     with jax.set_mesh(mesh):  # splash runs its kernel under shard_map over the mesh in context
         return fn.lower(*args).compile(compiler_options=NO_WINDOWED_EINSUM)
-
-
-def _axes_size(mesh: Mesh, axes) -> int:
-    size = 1
-    for a in axes:
-        size *= mesh.shape[a]
-    return size
 
 
 def estimate_tpu_step(cfg: ModelConfig, mesh: Mesh, *, batch_size: int, seq_len: int, grad_accum: int = 1,
