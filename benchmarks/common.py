@@ -50,19 +50,33 @@ def best_of(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> floa
     return min(times)
 
 
-def best_interleaved(fns: list[Callable[[], object]], repeats: int = 5, warmup: int = 1) -> list[float]:
-    """Fastest wall time of each of ``fns`` over ``repeats`` rounds that call each once, in turn (after ``warmup``
+def interleaved_times(fns: list[Callable[[], object]], repeats: int = 5, warmup: int = 1) -> list[list[float]]:
+    """Wall times [round][contender] of ``repeats`` rounds that call each of ``fns`` once, in turn (after ``warmup``
     rounds): on a shared machine, load that comes and goes then reaches every contender alike."""
     for _ in range(warmup):
         for fn in fns:
             fn()
-    best = [float("inf")] * len(fns)
+    rounds = []
     for _ in range(repeats):
-        for i, fn in enumerate(fns):
+        row = []
+        for fn in fns:
             t = time.perf_counter()
             fn()
-            best[i] = min(best[i], time.perf_counter() - t)
-    return best
+            row.append(time.perf_counter() - t)
+        rounds.append(row)
+    return rounds
+
+
+def best_interleaved(fns: list[Callable[[], object]], repeats: int = 5, warmup: int = 1) -> list[float]:
+    """Fastest wall time of each of ``fns`` over :func:`interleaved_times` rounds."""
+    return [min(col) for col in zip(*interleaved_times(fns, repeats, warmup))]
+
+
+def median_ratio(rounds: list[list[float]], num: int, den: int) -> float:
+    """Median over rounds of time[num] / time[den] (each round's contenders ran back to back)."""
+    import statistics
+
+    return statistics.median(r[num] / r[den] for r in rounds)
 
 
 def xla_matmul_peak(n: int = 2048, dtype: str = "float32") -> float:

@@ -47,7 +47,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_distill.model.qwen2 import CACHE_AXES, LAYER_AXES, KVCache, Qwen2ForCausalLM, with_config
-from jax_distill.sample.sampler import DEFAULT_STOP_IDS, bucket, filter_cap, last_logits, sample_logits
+from jax_distill.sample.sampler import (DEFAULT_STOP_IDS, bucket, filter_cap, last_logits, sample_logits,
+                                        window_bucket)
 from jax_distill.sharding import Rules, current_rules, named_sharding, param_shardings
 
 
@@ -120,13 +121,6 @@ def _traced_on(layout: DecodeLayout | None):
         return
     with jax.sharding.use_abstract_mesh(layout.mesh.abstract_mesh), nnx.logical_axis_rules(layout.rules):
         yield
-
-
-def window_bucket(n: int, minimum: int = 64) -> int:
-    """Cache length for ``n`` needed slots: the smallest 2^k or 1.5 * 2^k >= max(n, minimum) (<= 33% slack)."""
-    n = max(n, minimum)
-    p = 1 << (n - 1).bit_length()
-    return 3 * p // 4 if 3 * p // 4 >= n else p
 
 
 def _pick(logits, sp: _Sampling, seeds, steps, opts):

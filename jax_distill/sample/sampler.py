@@ -1,8 +1,11 @@
-"""Jitted KV-cache sampler: one prefill, then a `lax.while_loop` of single-token decode steps.
+"""Jitted KV-cache sampler (static batching): one prefill, then `lax.while_loop`s of single-token decode steps.
 
 Prompts are left-padded to a bucketed length so that every row's next token is written at the same cache slot;
 padding has segment id 0 and is never attended to. Shapes are bucketed (prompt length and batch to powers of two,
-at least 16) so that a benchmark run compiles once per bucket, not once per prompt.
+at least 16) so that a benchmark run compiles once per bucket, not once per prompt. The cache holds the filled
+slots plus at most a third (length buckets 2^k and 1.5 * 2^k): a decode loop runs until its cache is full, the host
+pads the cache to the next bucket and the next loop goes on, so a step's attention reads what decoding has written,
+not the whole token budget. Continuous batching (refilling finished rows) is `sample/engine.py`.
 """
 
 from __future__ import annotations
@@ -99,24 +102,21 @@ def last_logits(model: Qwen2ForCausalLM, hidden: jax.Array, last: jax.Array) -> 
     return jnp.einsum("bd,dv->bv", h, model.head_weight(), preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "use_filter", "cap", "greedy_only",
-                                             "cache_sharding", "cache_dtype"))
-def _generate_padded(graphdef: Any, params: Any, tokens: jax.Array, segment_ids: jax.Array, row_seeds: jax.Array,
-                     stop_ids: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array, *,
-                     max_new_tokens: int, use_filter: bool, cap: int = 0, greedy_only: bool = False,
-                     cache_sharding: Any = None, cache_dtype: Any = None):
-    """tokens/segment_ids int32 [B, P] left-padded; returns generated ids int32 [B, max_new_tokens] (-1 after stop)."""
-    model: Qwen2ForCausalLM = nnx.merge(graphdef, params)
-    cfg = model.config
-    b, p = tokens.shape
-    positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0).astype(jnp.int32)
-    cache = KVCache.zeros(cfg, b, p + max_new_tokens, cache_dtype)  # per-layer buffers when layers are unrolled
-    if cache_sharding is not None:
-        pin = functools.partial(jax.lax.with_sharding_constraint, shardings=cache_sharding)
-        cache = cache._replace(k=jax.tree.map(pin, cache.k), v=jax.tree.map(pin, cache.v))
-    # Sliced once here, not on every step inside the loop (see Qwen2ForCausalLM.layer_weights).
-    layer_weights = model.layer_weights() if isinstance(cache.k, tuple) else None
-    hidden, cache = model.hidden_states(tokens, positions, segment_ids, cache, layer_weights)
+def window_bucket(n: int, minimum: int = 64) -> int:
+    """Cache length for ``n`` needed slots: the smallest 2^k or 1.5 * 2^k >= max(n, minimum) (<= 33% slack)."""
+    n = max(n, minimum)
+    p = 1 << (n - 1).bit_length()
+    return 3 * p // 4 if 3 * p // 4 >= n else p
+
+
+def _pin_cache(cache: KVCache, sharding: Any) -> KVCache:
+    if sharding is None:
+        return cache
+    pin = functools.partial(jax.lax.with_sharding_constraint, shardings=sharding)
+    return cache._replace(k=jax.tree.map(pin, cache.k), v=jax.tree.map(pin, cache.v))
+
+
+def _picker(row_seeds, temperature, top_p, top_k, use_filter, cap, greedy_only):
     base_keys = jax.vmap(jax.random.key)(row_seeds)
 
     def pick(step_logits, step):
@@ -124,33 +124,79 @@ def _generate_padded(graphdef: Any, params: Any, tokens: jax.Array, segment_ids:
         return sample_logits(step_logits, keys, temperature, top_p, top_k, use_filter=use_filter, cap=cap,
                              greedy_only=greedy_only)
 
+    return pick
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "window", "max_new_tokens", "use_filter", "cap",
+                                             "greedy_only", "cache_sharding", "cache_dtype"))
+def _prefill_padded(graphdef: Any, params: Any, tokens: jax.Array, segment_ids: jax.Array, row_seeds: jax.Array,
+                    stop_ids: jax.Array, temperature: jax.Array, top_p: jax.Array, top_k: jax.Array, *, window: int,
+                    max_new_tokens: int, use_filter: bool, cap: int = 0, greedy_only: bool = False,
+                    cache_sharding: Any = None, cache_dtype: Any = None):
+    """Prefill left-padded tokens/segment_ids int32 [B, P] into a cache of ``window`` >= P slots and draw the first
+    token. Returns (cache, layer weights or None, decode state: (step, last token [B], next position [B], done [B],
+    generated ids int32 [B, max_new_tokens], -1 where not generated))."""
+    model: Qwen2ForCausalLM = nnx.merge(graphdef, params)
+    b, p = tokens.shape
+    positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0).astype(jnp.int32)
+    cache = _pin_cache(KVCache.zeros(model.config, b, window, cache_dtype), cache_sharding)
+    # Sliced once here, not on every decode step (see Qwen2ForCausalLM.layer_weights).
+    layer_weights = model.layer_weights() if isinstance(cache.k, tuple) else None
+    hidden, cache = model.hidden_states(tokens, positions, segment_ids, cache, layer_weights)
+    pick = _picker(row_seeds, temperature, top_p, top_k, use_filter, cap, greedy_only)
     first = pick(last_logits(model, hidden, jnp.full((b,), p - 1, jnp.int32)), 0)
     out = jnp.full((b, max_new_tokens), -1, jnp.int32).at[:, 0].set(first)
-    done = jnp.isin(first, stop_ids)
-    next_pos = positions[:, -1] + 1
+    state = (jnp.int32(1), first, positions[:, -1] + 1, jnp.isin(first, stop_ids), out)
+    return _pin_cache(cache, cache_sharding), layer_weights, state
 
-    def cond(state):
-        step, _, _, _, done, _ = state
-        return (step < max_new_tokens) & ~jnp.all(done)
 
-    def body(state):
-        step, last, pos, cache, done, out = state
+@functools.partial(jax.jit, static_argnames=("length", "cache_sharding"))
+def _grow(cache: KVCache, *, length: int, cache_sharding: Any = None) -> KVCache:
+    """The cache with its slot axis zero-padded to ``length`` (new slots empty: segment id 0)."""
+
+    def pad(a, axis):
+        widths = [(0, 0)] * a.ndim
+        widths[axis] = (0, length - a.shape[axis])
+        return jnp.pad(a, widths)
+
+    k = jax.tree.map(lambda a: pad(a, a.ndim - 2), cache.k)
+    v = jax.tree.map(lambda a: pad(a, a.ndim - 2), cache.v)
+    return _pin_cache(KVCache(k, v, pad(cache.segment_ids, 1), cache.index), cache_sharding)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "use_filter", "cap", "greedy_only", "cache_sharding"),
+                   donate_argnames=("cache", "state"))
+def _decode_padded(graphdef: Any, params: Any, layer_weights: Any, cache: KVCache, state: tuple, end_step: jax.Array,
+                   row_seeds: jax.Array, stop_ids: jax.Array, temperature: jax.Array, top_p: jax.Array,
+                   top_k: jax.Array, *, use_filter: bool, cap: int = 0, greedy_only: bool = False,
+                   cache_sharding: Any = None):
+    """Decode steps until step ``end_step`` (the last one the cache has a slot for) or every row is done, in a
+    `lax.while_loop`; attention reads the cache's T slots, the filled part plus at most a third. Returns
+    (cache, state) as :func:`_prefill_padded`."""
+    model: Qwen2ForCausalLM = nnx.merge(graphdef, params)
+    pick = _picker(row_seeds, temperature, top_p, top_k, use_filter, cap, greedy_only)
+    b = cache.segment_ids.shape[0]
+
+    def cond(c):
+        (step, _, _, done, _), _ = c
+        return (step < end_step) & ~jnp.all(done)
+
+    def body(c):
+        (step, last, pos, done, out), cache = c
         logits, cache = model(last[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32), cache, layer_weights)
-        tok = pick(logits[:, 0], step)
-        tok = jnp.where(done, -1, tok)
+        tok = jnp.where(done, -1, pick(logits[:, 0], step))
         out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, step))
         done = done | jnp.isin(tok, stop_ids)
-        return step + 1, jnp.maximum(tok, 0), pos + 1, cache, done, out
+        return (step + 1, jnp.maximum(tok, 0), pos + 1, done, out), _pin_cache(cache, cache_sharding)
 
-    state = (jnp.int32(1), first, next_pos, cache, done, out)
-    *_, out = jax.lax.while_loop(cond, body, state)
-    return out
+    state, cache = jax.lax.while_loop(cond, body, (state, cache))
+    return cache, state
 
 
 def generate(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]], max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] = 0,
              stop_ids: Sequence[int] | None = None, pad_id: int = 0, mesh: Mesh | None = None,
-             unroll_layers: bool = True, cache_dtype: Any = None) -> list[list[int]]:
+             unroll_layers: bool = True, cache_dtype: Any = None, grow_cache: bool = True) -> list[list[int]]:
     """Sample continuations for a batch of prompts.
 
     prompt_token_ids: list of token-id lists (any lengths). ``seed``: one int (row i uses seed + i) or one per row,
@@ -161,7 +207,9 @@ def generate(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]],
     fastest step; it holds a per-layer copy of the decoder weights while sampling); False keeps the layer scan with
     the stacked cache in its carry, compiling one layer body, for very deep models where compile time or weight
     memory matters more. ``cache_dtype``: KV cache dtype (default: the compute dtype; e.g. "bfloat16" halves the
-    cache's memory and the bytes each step reads).
+    cache's memory and the bytes each step reads). ``grow_cache``: the cache grows with the rows (length buckets),
+    so a step reads the filled part, and the first call reaching a new length compiles one more decode loop (cached
+    after that); False allocates the whole budget at once (one decode compile, every step reads the whole budget).
     """
     if not prompt_token_ids:
         return []
@@ -184,20 +232,37 @@ def generate(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]],
     if model.config.scan_layers == unroll_layers:
         model = with_config(model, scan_layers=not unroll_layers)
     graphdef, params = nnx.split(model)
-    cache_sharding = None
-    if mesh is not None:
-        cfg = model.config
-        shape = (cfg.num_hidden_layers, b, cfg.num_key_value_heads, p_len + max_new_tokens, cfg.head_dim)
-        axes = CACHE_AXES
-        if unroll_layers:
-            shape, axes = shape[1:], axes[1:]
-        cache_sharding = named_sharding(mesh, axes, shape)
-    out = _generate_padded(graphdef, params, jnp.asarray(tokens), jnp.asarray(seg), jnp.asarray(row_seeds),
-                           jnp.asarray(stops, jnp.int32), jnp.float32(temperature), jnp.float32(top_p),
-                           jnp.int32(top_k), max_new_tokens=int(max_new_tokens),
-                           use_filter=bool(top_k > 0 or top_p < 1.0), cap=filter_cap(top_p, top_k),
-                           greedy_only=temperature <= 0, cache_sharding=cache_sharding,
-                           cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype))
+    cfg = model.config
+
+    def cache_sharding(length: int):
+        if mesh is None:
+            return None
+        shape = (cfg.num_hidden_layers, b, cfg.num_key_value_heads, length, cfg.head_dim)
+        return named_sharding(mesh, CACHE_AXES[1:], shape[1:]) if unroll_layers else named_sharding(mesh, CACHE_AXES,
+                                                                                                     shape)
+
+    sampling = (jnp.asarray(row_seeds), jnp.asarray(stops, jnp.int32), jnp.float32(temperature), jnp.float32(top_p),
+                jnp.int32(top_k))
+    opts = {"use_filter": bool(top_k > 0 or top_p < 1.0), "cap": filter_cap(top_p, top_k),
+            "greedy_only": temperature <= 0}
+    # The cache grows by length buckets (2 per octave) as decoding fills it, so a step's attention reads the filled
+    # part, not the whole budget; each length compiles once. The last token is never fed back: one slot fewer.
+    total = p_len + max(int(max_new_tokens) - 1, 0)
+    window = min(total, window_bucket(p_len + 1)) if grow_cache else total
+    cache, layer_weights, state = _prefill_padded(
+        graphdef, params, jnp.asarray(tokens), jnp.asarray(seg), *sampling, window=window,
+        max_new_tokens=int(max_new_tokens), cache_sharding=cache_sharding(window),
+        cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype), **opts)
+    while True:
+        end = min(int(max_new_tokens), window - p_len + 1)  # step s writes slot p_len + s - 1
+        cache, state = _decode_padded(graphdef, params, layer_weights, cache, state, jnp.int32(end), *sampling,
+                                      cache_sharding=cache_sharding(window), **opts)
+        step, done = jax.device_get((state[0], state[3]))
+        if step >= max_new_tokens or done.all():
+            break
+        window = min(total, window_bucket(window + 1))
+        cache = _grow(cache, length=window, cache_sharding=cache_sharding(window))
+    out = state[4]
     out = np.asarray(jax.device_get(out))[:n]
     result = []
     stop_set = set(stops)

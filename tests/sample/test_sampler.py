@@ -52,6 +52,44 @@ def test_greedy_generate_equals_transformers(tiny, unroll_layers):
         assert got == ref
 
 
+def test_cache_grows_with_decoding_and_samples_are_unchanged(tiny, monkeypatch):
+    """Decode attention reads the filled part of the cache: the cache grows by length buckets (a loop starts with at
+    most a third of its cache empty and runs until it is full), and the samples equal those of one full-budget cache (and greedy ones equal
+    transformers')."""
+    import torch
+
+    from jax_distill.sample import sampler
+
+    hf, model = tiny
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(0, 300, n).tolist() for n in (5, 14)]  # padded to 16 slots
+    windows = []
+    decode = sampler._decode_padded
+
+    def spy(graphdef, params, layer_weights, cache, state, end_step, *args, **kw):
+        windows.append((cache.segment_ids.shape[1], int(end_step)))
+        return decode(graphdef, params, layer_weights, cache, state, end_step, *args, **kw)
+
+    monkeypatch.setattr(sampler, "_decode_padded", spy)
+    greedy = generate(model, prompts, max_new_tokens=200, stop_ids=[])
+    sampled = generate(model, prompts, max_new_tokens=200, temperature=1.0, top_p=0.9, seed=[7, 8], stop_ids=[])
+    grown = windows[:len(windows) // 2]
+    assert [w for w, _ in grown] == [64, 96, 128, 192, 215]  # 16 prompt slots + 199 fed-back tokens = 215
+    for w, end in grown:
+        assert 16 + end - 1 == w  # slots written when the loop stops at step `end`: it ran until its cache was full
+
+    windows.clear()
+    assert generate(model, prompts, max_new_tokens=200, stop_ids=[], grow_cache=False) == greedy
+    assert generate(model, prompts, max_new_tokens=200, temperature=1.0, top_p=0.9, seed=[7, 8], stop_ids=[],
+                    grow_cache=False) == sampled
+    assert [w for w, _ in windows] == [215, 215]
+    for p, got in zip(prompts, greedy):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([p]), max_new_tokens=200, min_new_tokens=200, do_sample=False,
+                              pad_token_id=0)[0, len(p):].tolist()
+        assert got == ref
+
+
 def test_stop_tokens_end_rows_independently(tiny):
     _, model = tiny
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
