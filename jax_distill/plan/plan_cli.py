@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         mesh_cfg = MeshConfig(data=1, fsdp=-1, tensor=1)
         batch = args.batch_size or topo.chips
         grad_accum = 1
+    if not args.eval:
+        _check_batch(batch, grad_accum, mesh_cfg, topo)
     if args.remat:
         model_cfg = dataclasses.replace(model_cfg, remat=args.remat)
     if args.attention:
@@ -237,6 +239,20 @@ def _describe(d: dict, args: argparse.Namespace, model_cfg, seq_len: int) -> dic
         f"seq_len {seq_len} exceeds the model's max_position_embeddings {ctx}: training refuses it until the run "
         "config sets model.max_position_embeddings and a larger model.rope_theta"]
     return d
+
+
+def _check_batch(batch: int, grad_accum: int, mesh_cfg, topo) -> None:
+    """Refuse, naming --batch-size, a batch whose micro-batches do not split over the mesh's data-parallel shards
+    (training shards the batch over data x fsdp; the compiler would fail with an IndivisibleError)."""
+    try:
+        data, fsdp, _ = mesh_cfg.shape(topo.chips)
+    except ValueError as err:
+        raise SystemExit(f"mesh for {topo.name}: {err}") from None
+    shards = data * fsdp
+    if batch % grad_accum or (batch // grad_accum) % shards:
+        raise SystemExit(f"--batch-size {batch}: training splits each micro-batch (batch / grad_accum {grad_accum}) "
+                         f"over the {shards} data-parallel shards (mesh data x fsdp) of {topo.name}; use a multiple "
+                         f"of {shards * grad_accum}")
 
 
 def _run_gpu(args: argparse.Namespace, topo, model_cfg, mesh_cfg, seq_len: int, batch: int, grad_accum: int) -> int:

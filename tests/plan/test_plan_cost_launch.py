@@ -1,6 +1,7 @@
 """AOT plans for TPU slices (libtpu, no TPU), the cost arithmetic, and the launch scripts' dry runs."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -50,6 +51,14 @@ def test_plan_small_topology_json(capsys):
     assert 0 < out["per_chip_bytes"] < out["hbm_bytes"]
     cfg = ModelConfig(preset="qwen2.5-0.5b")
     assert out["flops_per_step"] == pytest.approx(train_flops_per_token(cfg, 1024) * 4096)
+
+
+def test_plan_refuses_a_batch_the_data_shards_do_not_divide(capsys):
+    # v5p-8: 4 chips, FSDP over all of them; 6 sequences do not split over 4 shards (the compiler would raise an
+    # IndivisibleError deep in tracing); the refusal names the flag and the multiple to use.
+    assert main(["plan", "--model", "qwen2.5-0.5b", "--topology", "v5p-8", "--seq-len", "1024", "--batch-size",
+                 "6"]) == 2
+    assert re.search(r"--batch-size 6: .* 4 data-parallel shards .* multiple of 4$", capsys.readouterr().err.strip())
 
 
 @needs_libtpu
