@@ -94,7 +94,7 @@ def plan_training(model_cfg: ModelConfig, topo: Topology, *, seq_len: int, batch
         from jax_distill.plan.step_time import estimate_tpu_step
 
         est = estimate_tpu_step(cfg, mesh, batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum,
-                                peak_flops=topo.chip.peak_bf16_flops)
+                                chip=topo.chip)
         result.estimate = est.as_dict()
         result.compiler_flops_per_step = est.compiler_flops_per_step
     return result
