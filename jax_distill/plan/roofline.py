@@ -13,8 +13,10 @@ per-device program) and prices every kernel the chip would run:
   another memory space, e.g. TPU VMEM ``S(1)``, which do not touch HBM);
 - a collective moves its bytes over the chip's fast links (NVLink in a node, ICI in a TPU slice) when its group
   stays in one node, else over the inter-node network (ring costs: all-gather (n-1) x shard, reduce-scatter and
-  all-to-all (n-1)/n x input, all-reduce 2(n-1)/n x input; collective-permute its input); a TPU fusion that wraps a
-  collective (``all-reduce-scatter``) is priced as its parts;
+  all-to-all (n-1)/n x input, all-reduce 2(n-1)/n x input; collective-permute its input). TPU programs wrap
+  collectives in fusions (asynchronous start/done pairs, all-reduce + dynamic-slice as a reduce-scatter, an
+  all-gather fused into the matmul that consumes it): each collective is priced once per ``channel_id``, and the
+  fusion as a kernel only if it computes a product;
 - a while loop costs its body x the trip count the compiler recorded (``known_trip_count``), a conditional its most
   expensive branch.
 
