@@ -7,10 +7,10 @@ Data generation (stage-2 teacher traces, `jax-distill data distill`) comes from 
 teacher's dollars as billed (the same on every line), or an open teacher's generated tokens priced like decoding
 (2N FLOPs per token at the decode efficiency) on each chip.
 Training efficiency (MFU) per chip, in this order: a measured run (its metrics.jsonl MFU, applied to every chip), an
-MFU assumed on the command line, else our compiled step-time estimate for that chip's slice times its family's
-calibration factor (plan/calibration.py), else the default assumed MFU; each line says which. Costs are per
-chip-hour, so they do not depend on slice size as long as scaling is linear; the wall time is reported for a given
-number of chips.
+MFU assumed on the command line, else our compiled step-time estimate for that chip's slice times its estimator's
+calibration factor, with that calibration's error band (plan/calibration.py), else the default assumed MFU; each
+line says which. Costs are per chip-hour, so they do not depend on slice size as long as scaling is linear; the wall
+time is reported for a given number of chips.
 """
 
 from __future__ import annotations
