@@ -2,7 +2,9 @@
 AOT plans (plan/topology) and the cost model (plan/cost) read.
 
 TPU: cloud.google.com/tpu/docs (v4, v5e, v5p, v6e); NVIDIA: the SXM datasheets, dense (no sparsity). fp32 matmuls on
-TPU run at the bf16 rate with multi-pass precision; we report MFU against bf16.
+TPU run at the bf16 rate with multi-pass precision; we report MFU against bf16. TPU HBM and ICI bandwidths (the TPU
+roofline in plan/step_time.py) are the same pages' per-chip figures; ICI is stored one direction, half the pages'
+"bidirectional ICI bandwidth per chip". GPU bandwidths live with the XLA GPU target specs (plan/gpu.py).
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ class Chip:
     peak_bf16_flops: float  # dense, per chip
     source: str
     device_kinds: tuple[str, ...] = ()  # substrings of `jax.Device.device_kind` (lower case) that mean this chip
+    hbm_bytes_per_s: float | None = None  # TPU only
+    ici_bytes_per_s: float | None = None  # TPU only: one direction, all of the chip's ICI ports
 
 
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("TPU v4", 32 * GiB, 275e12, "https://cloud.google.com/tpu/docs/v4", ("tpu v4",)),
-    "v5e": Chip("TPU v5e", 16 * GiB, 197e12, "https://cloud.google.com/tpu/docs/v5e", ("tpu v5 lite", "tpu v5e")),
-    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, "https://cloud.google.com/tpu/docs/v5p", ("tpu v5p", "tpu v5")),
+    "v4": Chip("TPU v4", 32 * GiB, 275e12, "https://cloud.google.com/tpu/docs/v4", ("tpu v4",), 1200e9),
+    "v5e": Chip("TPU v5e", 16 * GiB, 197e12, "https://cloud.google.com/tpu/docs/v5e", ("tpu v5 lite", "tpu v5e"),
+                819e9, 200e9),
+    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, "https://cloud.google.com/tpu/docs/v5p", ("tpu v5p", "tpu v5"),
+                2765e9, 600e9),
     "v6e": Chip("TPU v6e (Trillium)", 32 * GiB, 918e12, "https://cloud.google.com/tpu/docs/v6e",
-                ("tpu v6 lite", "tpu v6e")),
+                ("tpu v6 lite", "tpu v6e"), 1638e9, 400e9),
     "a100": Chip("NVIDIA A100 SXM 80GB", 80 * 10**9, 312e12, "https://www.nvidia.com/en-us/data-center/a100/",
                  ("a100",)),
     "h100": Chip("NVIDIA H100 SXM 80GB", 80 * 10**9, 989e12, "https://www.nvidia.com/en-us/data-center/h100/",

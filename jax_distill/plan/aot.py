@@ -81,7 +81,8 @@ def plan_training(model_cfg: ModelConfig, topo: Topology, *, seq_len: int, batch
         fits = peak is None or peak <= topo.hbm_bytes
     except Exception as err:  # noqa: BLE001 - the compiler's refusal is the answer "does not fit"
         msg = str(err)
-        if "RESOURCE_EXHAUSTED" not in msg and "memory" not in msg.lower():
+        # Not any message that says "memory": a sharding error names `memory_kind=device` and is no answer on fit.
+        if "RESOURCE_EXHAUSTED" not in msg and "out of memory" not in msg.lower():
             raise
         fits, error = False, msg.splitlines()[0][:500]
     compile_s = time.perf_counter() - t0
@@ -94,7 +95,7 @@ def plan_training(model_cfg: ModelConfig, topo: Topology, *, seq_len: int, batch
         from jax_distill.plan.step_time import estimate_tpu_step
 
         est = estimate_tpu_step(cfg, mesh, batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum,
-                                peak_flops=topo.chip.peak_bf16_flops)
+                                chip=topo.chip)
         result.estimate = est.as_dict()
         result.compiler_flops_per_step = est.compiler_flops_per_step
     return result

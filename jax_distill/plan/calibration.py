@@ -1,11 +1,13 @@
 """Calibration of the compiled step-time estimates against published training runs, and the per-chip MFU that
 `jax-distill cost` uses.
 
-The estimates (plan/step_time.py for TPU: libtpu's roofline; plan/roofline.py for GPU: ours over the optimized HLO)
-are rooflines: a real step is slower by launch gaps, pipeline bubbles and unhidden collectives. Each anchor in
-``configs/calibration.yaml`` is a published run (model, batch, sequence, slice) expressed in our ModelConfig; we
-compile our estimator on it, and a chip family's efficiency factor is the geometric mean of published MFU / our
-estimated MFU over that family's anchors. ``cost`` then uses estimate x factor per chip.
+The estimators (:data:`ESTIMATORS`: on TPU libtpu's cost model where it is sane, else our roofline over the
+optimized HLO; on GPU our roofline) are rooflines: a real step is slower by launch gaps, pipeline bubbles and unhidden
+collectives. Each anchor in ``configs/calibration.yaml`` is a published run (model, batch, sequence, slice)
+expressed in our ModelConfig; we compile every estimator that applies on it, and an estimator's efficiency factor is
+the geometric mean of published MFU / its estimated MFU over the anchors where it is usable. ``cost`` then uses
+estimate x the factor of the estimator that made it, per chip; :func:`leave_one_out` gives each anchor's error with a
+factor from the other anchors, so the error is not zero by construction.
 
 Anchor compiles and the per-config estimates are slow (minutes); both are cached in YAML files that ``cost`` reads:
 ``python -m jax_distill.plan.calibration anchors`` and ``... estimates CONFIG`` recompute them (see docs/cost.md).
@@ -22,8 +24,12 @@ import yaml
 
 from jax_distill.hardware import CHIPS
 
-# Chip -> family: one efficiency factor per family (the estimators differ: libtpu's cost model vs our GPU roofline).
+# Chip -> family: which estimators apply (plan/step_time.py for TPU, plan/gpu.py for GPU).
 FAMILY = {"v4": "tpu", "v5e": "tpu", "v5p": "tpu", "v6e": "tpu", "a100": "gpu", "h100": "gpu", "h200": "gpu"}
+# One efficiency factor per estimator: each misses a real step's overheads in its own way.
+ESTIMATORS = {"libtpu": "libtpu optimal_seconds (plan/step_time.py)",
+              "tpu-roofline": "our TPU roofline over the HLO (plan/roofline.py)",
+              "gpu-roofline": "our GPU roofline over the HLO (plan/roofline.py)"}
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -44,13 +50,63 @@ def published_mfu(anchor: dict[str, Any]) -> float:
     return float(anchor["published_mfu"])
 
 
+def _geomean(xs: list[float]) -> float:
+    return math.exp(sum(map(math.log, xs)) / len(xs))
+
+
 def factors(anchors: list[dict[str, Any]]) -> dict[str, float]:
-    """Per family: geometric mean of published MFU / our estimated MFU over the anchors that have an estimate."""
+    """Per estimator: geometric mean of published MFU / its estimated MFU (``anchor["estimates"][estimator]``) over
+    the anchors where that estimate is usable."""
     ratios: dict[str, list[float]] = {}
     for a in anchors:
-        if usable(a.get("ours_mfu")):
-            ratios.setdefault(FAMILY[a["chip"]], []).append(published_mfu(a) / a["ours_mfu"])
-    return {fam: round(math.exp(sum(map(math.log, r)) / len(r)), 4) for fam, r in sorted(ratios.items())}
+        for est, mfu in (a.get("estimates") or {}).items():
+            if usable(mfu):
+                ratios.setdefault(est, []).append(published_mfu(a) / mfu)
+    return {est: round(_geomean(r), 4) for est, r in sorted(ratios.items())}
+
+
+def leave_one_out(anchors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (anchor, usable estimate): published and raw MFU, the factor from the *other* anchors with that
+    estimator (None when it has no other), the calibrated MFU and its relative error against the published one."""
+    rows = []
+    for a in anchors:
+        for est, mfu in (a.get("estimates") or {}).items():
+            if not usable(mfu):
+                continue
+            others = [published_mfu(b) / b["estimates"][est] for b in anchors
+                      if b is not a and usable((b.get("estimates") or {}).get(est))]
+            factor = _geomean(others) if others else None
+            pub = published_mfu(a)
+            rows.append({"anchor": a["name"], "chip": a["chip"], "estimator": est, "published": pub, "raw": mfu,
+                         "raw_error": mfu / pub - 1, "loo_factor": factor,
+                         "calibrated": mfu * factor if factor else None,
+                         "error": mfu * factor / pub - 1 if factor else None})
+    return rows
+
+
+def error_band(anchors: list[dict[str, Any]]) -> dict[str, float]:
+    """Per estimator: the largest |leave-one-out error| over its anchors, the relative band `cost` draws around a
+    calibrated MFU. An estimator with a single anchor has no leave-one-out error of its own: it gets the largest of
+    the others (its spread is unmeasured, not zero)."""
+    errs: dict[str, list[float]] = {}
+    for r in leave_one_out(anchors):
+        errs.setdefault(r["estimator"], []).extend([abs(r["error"])] if r["error"] is not None else [])
+    worst = max((e for v in errs.values() for e in v), default=None)
+    return {est: round(max(v) if v else worst, 4) for est, v in sorted(errs.items()) if v or worst is not None}
+
+
+def error_table(anchors: list[dict[str, Any]]) -> str:
+    """Markdown: per anchor and usable estimate, published MFU, raw estimate, leave-one-out factor, calibrated
+    estimate and its error (docs/cost.md prints it)."""
+    rows = [("| anchor | chip | estimator | published MFU | ours raw (error) | factor from the others | calibrated "
+             "| error |"), "|---|---|---|---|---|---|---|---|"]
+    for r in leave_one_out(anchors):
+        loo = "—, no other anchor" if r["loo_factor"] is None else f"{r['loo_factor']:.3f}"
+        cal = "—" if r["calibrated"] is None else f"{r['calibrated']:.1%}"
+        err = "—" if r["error"] is None else f"{r['error']:+.1%}"
+        rows.append(f"| {r['anchor']} | {r['chip']} | {r['estimator']} | {r['published']:.1%} | {r['raw']:.1%} "
+                    f"({r['raw_error']:+.1%}) | {loo} | {cal} | {err} |")
+    return "\n".join(rows)
 
 
 def usable(mfu: float | None) -> bool:
@@ -89,7 +145,7 @@ def estimate_slice(cfg, topology: str, mesh_cfg, *, batch_size: int, seq_len: in
 
         r = plan_gpu_training(cfg, parse_gpu_topology(topology), seq_len=seq_len, batch_size=batch_size,
                               mesh_cfg=mesh_cfg, grad_accum=grad_accum)
-        out = {"ours_mfu": r.roofline_mfu, "step_s": r.roofline_step_s, "estimator": "GPU roofline (plan/roofline.py)",
+        out = {"ours_mfu": r.roofline_mfu, "step_s": r.roofline_step_s, "estimator": "gpu-roofline",
                "fits": r.fits, "per_chip_gib": (r.per_chip_bytes or 0) / 2**30, "usable_gib": r.usable_bytes / 2**30}
     else:
         from jax_distill.plan.topology import parse_topology
@@ -108,14 +164,17 @@ def estimate_slice(cfg, topology: str, mesh_cfg, *, batch_size: int, seq_len: in
 
         try:
             est = estimate_tpu_step(cfg, make_mesh(mesh_cfg, topology_devices(topo)), batch_size=batch_size,
-                                    seq_len=seq_len, grad_accum=grad_accum,
-                                    peak_flops=topo.chip.peak_bf16_flops).as_dict()
+                                    seq_len=seq_len, grad_accum=grad_accum, chip=topo.chip).as_dict()
         except Exception as err:  # a 1-layer program too large for the chip is a result, not a crash
             if "RESOURCE_EXHAUSTED" not in str(err):
                 raise
             error = str(err).splitlines()[0][:300]
         out = {"ours_mfu": est.get("mfu"), "step_s": est.get("step_seconds"),
-               "estimator": "libtpu optimal_seconds (plan/step_time.py)", "fits": fits,
+               "estimator": {"libtpu": "libtpu", "roofline": "tpu-roofline"}.get(est.get("estimator")),
+               "libtpu_mfu": (est["mfu"] * est["step_seconds"] / est["libtpu_seconds"]
+                              if est.get("libtpu_seconds") else None),
+               "roofline_mfu": (est["mfu"] * est["step_seconds"] / est["roofline_seconds"] if est else None),
+               "fits": fits,
                "per_chip_gib": (peak or 0) / 2**30 if peak else None, "usable_gib": topo.hbm_bytes / 2**30}
         if error:
             out["error"] = error
@@ -136,19 +195,20 @@ def default_slices(chips: int = 64) -> dict[str, str]:
 
 
 def per_chip_mfu(estimates: dict[str, Any] | None, calibration: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """{chip: {mfu, raw_mfu, factor, reason, topology, fits, ...}} from a config's cached or fresh estimates."""
+    """{chip: {mfu, raw_mfu, factor, reason, topology, fits, ...}} from a config's cached or fresh estimates; each
+    estimate is scaled by the factor of the estimator that made it (``estimator``: a key of :data:`ESTIMATORS`)."""
     out = {}
     facs = (calibration or {}).get("factors", {})
     for chip, e in ((estimates or {}).get("chips") or {}).items():
-        fam = FAMILY[chip]
-        if not usable(e.get("ours_mfu")) or fam not in facs:
-            why = ("no calibration factor" if fam not in facs else f"no estimate ({e['error'][:60]}...)"
+        est = e.get("estimator")
+        if not usable(e.get("ours_mfu")) or est not in facs:
+            why = (f"no calibration factor for {est}" if est not in facs else f"no estimate ({e['error'][:60]}...)"
                    if e.get("error") else f"its estimate {e.get('ours_mfu')} is unusable")
             out[chip] = {**e, "reason": f"compiled on {e['topology']}, {why}"}
             continue
-        out[chip] = {**e, "raw_mfu": e["ours_mfu"], "factor": facs[fam], "mfu": e["ours_mfu"] * facs[fam],
-                     "reason": f"compiled estimate on {e['topology']} ({e['estimator']}) x {fam} calibration "
-                               f"{facs[fam]:.2f}"}
+        out[chip] = {**e, "raw_mfu": e["ours_mfu"], "factor": facs[est], "mfu": e["ours_mfu"] * facs[est],
+                     "mfu_error": ((calibration or {}).get("error_band") or {}).get(est),
+                     "reason": f"compiled estimate on {e['topology']} ({est}) x its calibration {facs[est]:.2f}"}
     return out
 
 
@@ -171,6 +231,7 @@ def _dump(path: Path, header: str, data: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``anchors [--file configs/calibration.yaml] [--only NAME]``: compile every anchor, store ours and the factors.
+    ``table [--file ...]``: print each anchor's published, raw and leave-one-out calibrated MFU with the error.
     ``estimates CONFIG [--slices chip=topology,...] [--file configs/step_estimates.yaml]``: estimate CONFIG's stage
     shape on one slice per chip and store it under the config's name."""
     import argparse
@@ -182,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("anchors")
     a.add_argument("--file", default="configs/calibration.yaml")
     a.add_argument("--only", action="append")
+    sub.add_parser("table", help="print the anchors' leave-one-out error table (markdown)").add_argument(
+        "--file", default="configs/calibration.yaml")
     e = sub.add_parser("estimates")
     e.add_argument("config")
     e.add_argument("--file", default="configs/step_estimates.yaml")
@@ -189,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--chips", type=int, default=64)
     args = p.parse_args(argv)
     path = Path(args.file)
+    if args.cmd == "table":
+        data = load_yaml(path)
+        print(error_table(data["anchors"]))
+        print(f"\nfactors (all anchors): {data.get('factors')}; error band: {data.get('error_band')}")
+        return 0
     if args.cmd == "anchors":
         data = load_yaml(path)
         header = path.read_text().split("\nanchors:")[0].rstrip("\n") + "\n"
@@ -197,10 +265,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.only and anchor["name"] not in args.only:
                 continue
             res = estimate_anchor(anchor)
-            anchor.update(ours_mfu=res["ours_mfu"], ours_step_s=res["step_s"], ours_fits=res["fits"],
-                          compile_s=res["compile_s"], published_mfu_ours_convention=round(published_mfu(anchor), 4))
+            anchor.update(ours_mfu=res["ours_mfu"], ours_step_s=res["step_s"], estimator=res["estimator"],
+                          estimates=({"gpu-roofline": res["ours_mfu"]} if FAMILY[anchor["chip"]] == "gpu" else
+                                     {"libtpu": res["libtpu_mfu"], "tpu-roofline": res["roofline_mfu"]}),
+                          ours_fits=res["fits"], compile_s=res["compile_s"],
+                          published_mfu_ours_convention=round(published_mfu(anchor), 4))
             print(anchor["name"], res, flush=True)
         data["factors"] = factors(data["anchors"])
+        data["error_band"] = error_band(data["anchors"])
         data["computed_with"] = versions()
         _dump(path, header, data)
         print("factors", data["factors"])

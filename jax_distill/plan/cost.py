@@ -7,10 +7,10 @@ Data generation (stage-2 teacher traces, `jax-distill data distill`) comes from 
 teacher's dollars as billed (the same on every line), or an open teacher's generated tokens priced like decoding
 (2N FLOPs per token at the decode efficiency) on each chip.
 Training efficiency (MFU) per chip, in this order: a measured run (its metrics.jsonl MFU, applied to every chip), an
-MFU assumed on the command line, else our compiled step-time estimate for that chip's slice times its family's
-calibration factor (plan/calibration.py), else the default assumed MFU; each line says which. Costs are per
-chip-hour, so they do not depend on slice size as long as scaling is linear; the wall time is reported for a given
-number of chips.
+MFU assumed on the command line, else our compiled step-time estimate for that chip's slice times its estimator's
+calibration factor, with that calibration's error band (plan/calibration.py), else the default assumed MFU; each
+line says which. Costs are per chip-hour, so they do not depend on slice size as long as scaling is linear; the wall
+time is reported for a given number of chips.
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ class Line:
     slice: str | None = None  # the slice the estimate and the fit were compiled for
     fits: bool | None = None  # does the stage fit on that slice (None: not compiled)
     cheapest_fitting: bool = False  # the cheapest line, for its pricing, among those that fit
+    mfu_error: float | None = None  # relative error band of a calibrated MFU (the calibration's leave-one-out spread)
+    cost_usd_band: tuple[float, float] | None = None  # cost at MFU x (1 + error) .. MFU x (1 - error)
+    wall_hours_band: tuple[float, float] | None = None
 
 
 def load_prices(path: str | Path) -> dict[str, Any]:
@@ -133,10 +136,15 @@ def estimate(work: Workload, prices: dict[str, Any], *, train_mfu: float = 0.4, 
         eval_h = work.eval_flops() / (chip.peak_bf16_flops * decode_mfu) / 3600
         data_h = work.data_flops() / (chip.peak_bf16_flops * decode_mfu) / 3600
         api = (work.data or {}).get("api_usd", 0.0)
+        err = pc.get("mfu_error") if "mfu" in pc else None
+        # Only training runs at the estimated MFU: the band scales its hours, not evaluation's or data generation's.
+        hours = [h + eval_h + data_h for h in (train_h / (1 + err), train_h / (1 - err))] if err else None
         for pricing in ("on_demand", "spot"):
             out.append(Line(name, pricing, train_h, eval_h, (train_h + eval_h + data_h) * row[pricing] + api,
                             {str(chips_for_wall): (train_h + eval_h + data_h) / chips_for_wall}, data_h, api,
-                            mfu, why, pc.get("topology"), pc.get("fits")))
+                            mfu, why, pc.get("topology"), pc.get("fits"), mfu_error=err,
+                            cost_usd_band=tuple(h * row[pricing] + api for h in hours) if hours else None,
+                            wall_hours_band=tuple(h / chips_for_wall for h in hours) if hours else None))
     for pricing in ("on_demand", "spot"):
         fitting = [ln for ln in out if ln.pricing == pricing and ln.fits]
         if fitting:
@@ -176,13 +184,19 @@ def table(rep: dict[str, Any]) -> str:
         mark = " **cheapest fitting**" if ln.get("cheapest_fitting") else ""
         rows.append(f"| {ln['chip']} | {ln['pricing']} | {ln['mfu']:.0%} ({_short(ln['mfu_source'])}) | {fits} "
                     f"| {ln['train_chip_hours']:,.0f} | {ln['eval_chip_hours']:,.1f} "
-                    f"{gen}| {ln['cost_usd']:,.0f}{mark} | {wall:,.1f} |")
+                    f"{gen}| {ln['cost_usd']:,.0f}{_band(ln.get('cost_usd_band'), ',.0f')}{mark} "
+                    f"| {wall:,.1f}{_band(ln.get('wall_hours_band'), ',.1f')} |")
     return "\n".join(rows)
+
+
+def _band(band: tuple[float, float] | list[float] | None, fmt: str) -> str:
+    return f" ({band[0]:{fmt}}–{band[1]:{fmt}})" if band else ""
 
 
 def _short(source: str) -> str:
     if source.startswith("compiled estimate"):
-        return "compiled estimate x calibration"
+        est = source.split("(")[1].split(")")[0] if "(" in source else "estimate"
+        return f"compiled {est} x calibration"
     return source.split(" in ")[0] if source.startswith("measured") else source
 
 
@@ -193,17 +207,37 @@ def plot(rep: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     chips = list(dict.fromkeys(ln["chip"] for ln in rep["lines"]))
-    cost = {(ln["chip"], ln["pricing"]): ln["cost_usd"] for ln in rep["lines"]}
-    fig, ax = plt.subplots(figsize=(7, 4))
+    by = {(ln["chip"], ln["pricing"]): ln for ln in rep["lines"]}
+
+    def band(key: str, pricing: str, value: str) -> list[list[float]]:
+        """matplotlib's yerr: [below, above] per chip (0 where the MFU has no calibrated error)."""
+        lo, hi = [], []
+        for c in chips:
+            ln = by[(c, pricing)]
+            mid = ln[value] if value == "cost_usd" else next(iter(ln[value].values()))
+            b = ln.get(key) or (mid, mid)
+            lo.append(mid - b[0])
+            hi.append(b[1] - mid)
+        return [lo, hi]
+
+    fig, (ax, wall_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     xs = range(len(chips))
-    ax.bar([x - 0.2 for x in xs], [cost[(c, "on_demand")] for c in chips], 0.4, label="on-demand")
-    ax.bar([x + 0.2 for x in xs], [cost[(c, "spot")] for c in chips], 0.4, label="spot")
+    for dx, pricing, label in ((-0.2, "on_demand", "on-demand"), (0.2, "spot", "spot")):
+        ax.bar([x + dx for x in xs], [by[(c, pricing)]["cost_usd"] for c in chips], 0.4, label=label,
+               yerr=band("cost_usd_band", pricing, "cost_usd"), capsize=3)
     mfu = {ln["chip"]: ln.get("mfu") for ln in rep["lines"]}
     fits = {ln["chip"]: {True: "fits", False: "does not fit", None: ""}[ln.get("fits")] for ln in rep["lines"]}
-    ax.set_xticks(list(xs), [f"{c}\nMFU {mfu[c]:.0%}\n{fits[c]}" if mfu[c] else c for c in chips])
+    labels = [f"{c}\nMFU {mfu[c]:.0%}\n{fits[c]}" if mfu[c] else c for c in chips]
+    ax.set_xticks(list(xs), labels)
     ax.set_ylabel("USD")
-    ax.set_title(f"Cost to reproduce: {rep['model']}, {rep['train_tokens'] / 1e9:.2f}B train tokens + eval")
+    ax.set_title(f"Cost: {rep['model']}, {rep['train_tokens'] / 1e9:.2f}B train tokens + eval")
     ax.legend()
+    n = next(iter(rep["lines"][0]["wall_hours_on"]))
+    wall_ax.bar(list(xs), [next(iter(by[(c, "spot")]["wall_hours_on"].values())) for c in chips], 0.5,
+                yerr=band("wall_hours_band", "spot", "wall_hours_on"), capsize=3, color="tab:gray")
+    wall_ax.set_xticks(list(xs), labels)
+    wall_ax.set_ylabel(f"hours on {n} chips")
+    wall_ax.set_title("Wall time (error bars: calibration's leave-one-out spread)")
     fig.tight_layout()
     from jax_distill.paths import as_path
 

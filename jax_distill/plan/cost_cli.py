@@ -8,12 +8,12 @@ HELP = "cost to reproduce data generation + stage 1 + stage 2 + AIME evaluation 
 DESCRIPTION = """Estimate the cost of a run config's two stages plus the AIME evaluation on every accelerator in the
 prices file, on-demand and spot. Training tokens per stage: the stage's dataset_tokens x epochs (else steps x batch x
 seq_len). Training MFU per chip, first that applies: measured (--from-run RUN_DIR: the median MFU in its
-metrics.jsonl), assumed (--mfu), our compiled step-time estimate for the chip's slice x its family's calibration
-factor (configs/calibration.yaml; the estimates are cached per config in configs/step_estimates.yaml, or compiled
-now with --estimate: minutes), else 40%. Each row names its source, the slice compiled and whether the stage fits
-there; the cheapest fitting row per pricing is marked. With --distill-report, the stage-2 traces' generation is a
-line of its own: an API teacher's billed dollars, or an open teacher's generated tokens priced as decoding on each
-chip.
+metrics.jsonl), assumed (--mfu), our compiled step-time estimate for the chip's slice x its estimator's
+calibration factor, with the calibration's error band in brackets (configs/calibration.yaml; the estimates are
+cached per config in configs/step_estimates.yaml, or compiled now with --estimate: minutes), else 40%. Each row
+names its source, the slice compiled and whether the stage fits there; the cheapest fitting row per pricing is
+marked. With --distill-report, the stage-2 traces' generation is a line of its own: an API teacher's billed
+dollars, or an open teacher's generated tokens priced as decoding on each chip.
 
 Example: jax-distill cost --config configs/qwen2.5-math-72b_v5p-128.yaml --json"""
 

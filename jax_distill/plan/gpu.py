@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jax_distill.plan.roofline import GpuRates, roofline
+from jax_distill.plan.roofline import ChipRates, roofline
 from jax_distill.plan.topology import CHIPS, Chip
 
 GiB = 2**30
@@ -155,8 +155,8 @@ def load_gpu_spec(kind: GpuKind, specs_dir: str | Path | None = None) -> GpuSpec
                    float(field_("memory_bandwidth")), f"{major.group(1)}.{minor.group(1) if minor else 0}")
 
 
-def gpu_rates(topo: GpuTopology, spec: GpuSpec) -> GpuRates:
-    return GpuRates(topo.chip.peak_bf16_flops, spec.hbm_bytes_per_s, topo.kind.nvlink_bytes_per_s,
+def gpu_rates(topo: GpuTopology, spec: GpuSpec) -> ChipRates:
+    return ChipRates(topo.chip.peak_bf16_flops, spec.hbm_bytes_per_s, topo.kind.nvlink_bytes_per_s,
                     topo.kind.network_bytes_per_s, topo.gpus_per_node)
 
 

@@ -134,17 +134,21 @@ def run(args: argparse.Namespace) -> int:
           f"(6N + causal attention)")
     print(f"  at {result.assumed_mfu:.0%} MFU: {result.step_time_s:.2f} s/step, {result.tokens_per_second:,.0f} tokens/s")
     e = result.estimate
-    if e and not (e["per_layer_seconds"] > 0 and e["step_seconds"] > 0):
-        print(f"  estimated step: none usable (the compiler's cost model gives {e['per_layer_seconds']:.3g} s per "
-              f"layer on {topo.chip.name}; libtpu 0.0.42 reports negative times for v5e/v6e programs, see docs/cost.md)")
+    if e and e["estimator"] == "roofline":
+        print(f"  estimated step: {e['step_seconds']:.2f} s = XLA {e['xla_seconds']:.2f} s (compute "
+              f"{e['roofline_compute_seconds']:.2f} s, collectives {e['roofline_collective_seconds']:.2f} s, "
+              f"overlapped) + Pallas kernels {e['kernel_seconds']:.2f} s, our TPU roofline at the datasheet's "
+              f"{e['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s and {e['hbm_bytes_per_s'] / 1e12:.2f} TB/s; MFU "
+              f"{e['mfu']:.0%} (libtpu's cost model is unusable here: {e['libtpu_per_layer_seconds']:.3g} s per "
+              "layer, see docs/cost.md)")
     elif e:
         print(f"  estimated step: {e['step_seconds']:.2f} s = XLA {e['xla_seconds']:.2f} s + Pallas kernels "
               f"{e['kernel_seconds']:.2f} s (compiler cost model at {e['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s, "
               f"{e['hbm_bytes_per_s'] / 1e12:.2f} TB/s), MFU {e['mfu']:.0%} of {topo.chip.peak_bf16_flops / 1e12:.0f} "
-              "TFLOP/s peak")
-        if e["loops_left"]:
-            print(f"  warning: {e['loops_left']} loop(s) left in the unrolled program, each counted once: the "
-                  "estimate is low (attention 'chunked' loops over key blocks; 'splash' does not)")
+              f"TFLOP/s peak; our TPU roofline: {e['roofline_seconds']:.2f} s")
+    if e and e["loops_left"]:
+        print(f"  warning: {e['loops_left']} loop(s) left in the unrolled program, each counted once by libtpu: "
+              "its estimate is low (attention 'chunked' loops over key blocks; 'splash' does not)")
     if args.compiler_flops and result.compiler_flops_per_step:
         print(f"  compiler FLOPs/step (extrapolated, kernels added): {result.compiler_flops_per_step:.3e}")
     if result.decode:
@@ -294,7 +298,7 @@ def _run_gpu(args: argparse.Namespace, topo, model_cfg, mesh_cfg, seq_len: int, 
     if rl:
         print(f"  roofline per GPU at peak rates: kernels {rl['compute_s']:.3f} s (matmul {rl['matmul_s']:.3f}, "
               f"attention {rl['attention_s']:.3f}, memory-bound {rl['memory_s']:.3f}), collectives "
-              f"{rl['collective_s']:.3f} s (NVLink {rl['nvlink_s']:.3f}, network {rl['network_s']:.3f})")
+              f"{rl['collective_s']:.3f} s (NVLink {rl['link_s']:.3f}, network {rl['network_s']:.3f})")
         print(f"  roofline step: {rl['overlapped_s']:.3f} s overlapped .. {rl['serial_s']:.3f} s serial; "
               f"at most {result.roofline_mfu:.0%} MFU")
         for w in rl["warnings"]:

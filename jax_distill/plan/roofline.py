@@ -1,15 +1,22 @@
-"""A GPU step-time estimate from the compiled program: a roofline over the optimized HLO text.
+"""A step-time estimate from the compiled program: a roofline over the optimized HLO text, for GPUs and TPUs.
 
-`cost_analysis()` returns nothing for GPU executables, so this walks `compiled.as_text()` (the scheduled, fused,
-SPMD-partitioned per-device program) and prices every kernel the GPU would launch:
+`cost_analysis()` returns nothing for GPU executables, and libtpu's ``optimal_seconds`` is negative for v5e/v6e
+training steps (plan/step_time.py), so this walks `compiled.as_text()` (the scheduled, fused, SPMD-partitioned
+per-device program) and prices every kernel the chip would run:
 
-- a kernel (fusion, cuBLAS/cuDNN custom call, unfused op) takes max(FLOPs / peak, HBM bytes / bandwidth). FLOPs are
-  those of its matrix products (``dot``: 2 x output elements x contracted size; cuDNN attention: 4·B·H·T·S·D forward,
-  10·B·H·T·S·D backward, halved for a causal mask); bytes are what it reads and writes (its operands and results,
-  except slices read and in-place updates written through ``dynamic-(update-)slice``, which count only the slice);
-- a collective moves its bytes over NVLink when its group stays in one node, else over the inter-node network
-  (NCCL ring costs: all-gather (n-1) x shard, reduce-scatter and all-to-all (n-1)/n x input, all-reduce 2(n-1)/n x
-  input; collective-permute its input);
+- a kernel (fusion, cuBLAS/cuDNN/Mosaic custom call, unfused op) takes max(FLOPs / peak, HBM bytes / bandwidth).
+  FLOPs are those of its matrix products (``dot``: 2 x output elements x contracted size; ``convolution``, the TPU
+  compiler's form of most matmuls: 2 x output batch x output features x input features x the (output, window)
+  positions that fall inside the unpadded input; cuDNN attention: 4·B·H·T·S·D forward, 10·B·H·T·S·D backward,
+  halved for a causal mask); bytes are what it reads and writes in HBM (its operands and results, except slices
+  read and in-place updates written through ``dynamic-(update-)slice``, which count only the slice, and arrays in
+  another memory space, e.g. TPU VMEM ``S(1)``, which do not touch HBM);
+- a collective moves its bytes over the chip's fast links (NVLink in a node, ICI in a TPU slice) when its group
+  stays in one node, else over the inter-node network (ring costs: all-gather (n-1) x shard, reduce-scatter and
+  all-to-all (n-1)/n x input, all-reduce 2(n-1)/n x input; collective-permute its input). TPU programs wrap
+  collectives in fusions (asynchronous start/done pairs, all-reduce + dynamic-slice as a reduce-scatter, an
+  all-gather fused into the matmul that consumes it): each collective is priced once per ``channel_id``, and the
+  fusion as a kernel only if it computes a product;
 - a while loop costs its body x the trip count the compiler recorded (``known_trip_count``), a conditional its most
   expensive branch.
 
@@ -34,7 +41,8 @@ _ELEMENT_BYTES = {
     "f8e5m2": 1, "f8e4m3fn": 1, "f8e4m3b11fnuz": 1, "f8e5m2fnuz": 1, "f8e4m3fnuz": 1, "f8e4m3": 1, "f8e3m4": 1,
     "f8e8m0fnu": 1, "f4e2m1fn": 0.5, "token": 0,
 }
-_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([^\]]*)\]")
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([^\]]*)\](\{[^}]*\})?")
+_OFF_HBM = re.compile(r"S\([1-9]\d*\)")  # a layout's memory space other than 0 (HBM): VMEM, SMEM, host
 
 # Ops that launch no kernel and move no data.
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "partition-id", "replica-id",
@@ -48,20 +56,21 @@ _PASS_THROUGH = {"bitcast", "reshape", "copy", "transpose", "convert"}
 
 
 @dataclass(frozen=True)
-class GpuRates:
-    """Peak rates of one GPU and its links (bytes/s are one direction, per GPU)."""
+class ChipRates:
+    """Peak rates of one chip and its links (bytes/s are one direction, per chip)."""
 
-    peak_flops: float  # dense bf16/fp16 tensor-core FLOP/s
+    peak_flops: float  # dense bf16/fp16 matrix-unit FLOP/s
     hbm_bytes_per_s: float
-    nvlink_bytes_per_s: float  # within a node
-    network_bytes_per_s: float  # between nodes, per GPU (one NIC per GPU)
-    gpus_per_node: int
+    link_bytes_per_s: float  # within a node: NVLink; within a TPU slice: ICI (every port of the chip)
+    network_bytes_per_s: float  # between nodes, per chip (one NIC per GPU)
+    chips_per_node: int  # a TPU slice is one node: its collectives stay on ICI
+    f32_matmul_ratio: float = 0.5  # f32 matmul rate / peak: TF32 on GPUs; 1 on TPUs (default precision: one bf16 pass)
 
     def matmul_flops_per_s(self, dtype: str) -> float:
         if dtype.startswith(("f8", "f4")):
             return 2 * self.peak_flops
         if dtype in ("f32", "tf32"):
-            return self.peak_flops / 2  # TF32 tensor cores (JAX's default f32 matmul precision on GPUs)
+            return self.peak_flops * self.f32_matmul_ratio
         if dtype == "f64":
             return self.peak_flops / 16
         return self.peak_flops
@@ -76,11 +85,13 @@ def _dims(text: str) -> tuple[int, ...]:
 
 def arrays(shape: str) -> list[tuple[str, tuple[int, ...]]]:
     """(dtype, dims) of every array in an HLO shape string (tuples flattened)."""
-    return [(t, _dims(d)) for t, d in _ARRAY.findall(shape) if t in _ELEMENT_BYTES]
+    return [(t, _dims(d)) for t, d, _ in _ARRAY.findall(shape) if t in _ELEMENT_BYTES]
 
 
-def shape_bytes(shape: str) -> float:
-    return sum(_ELEMENT_BYTES[t] * math.prod(d) for t, d in arrays(shape))
+def shape_bytes(shape: str, hbm_only: bool = True) -> float:
+    """Bytes of an HLO shape; ``hbm_only``: arrays laid out in another memory space (``S(1)``: TPU VMEM) count zero."""
+    return sum(_ELEMENT_BYTES[t] * math.prod(_dims(d)) for t, d, layout in _ARRAY.findall(shape)
+               if t in _ELEMENT_BYTES and not (hbm_only and _OFF_HBM.search(layout)))
 
 
 def _balanced(text: str, start: int) -> int:
@@ -154,7 +165,7 @@ def parse_hlo(text: str) -> tuple[dict[str, Computation], str, int]:
                 if cur.entry:
                     entry = cur.name
             continue
-        if line.startswith("}"):
+        if line.rstrip() == "}":  # not "}}, metadata=..." after a Mosaic kernel's multi-line backend_config
             cur = None
             continue
         im = _INSTR.match(line)
@@ -233,7 +244,7 @@ class Roofline:
     attention_s: float = 0.0  # of which cuDNN attention kernels
     memory_s: float = 0.0  # of which the remaining (memory-bound) kernels
     collective_s: float = 0.0
-    nvlink_s: float = 0.0
+    link_s: float = 0.0  # NVLink / ICI
     network_s: float = 0.0
     collective_bytes: float = 0.0  # bytes each device sends
     kernels: int = 0
@@ -261,7 +272,7 @@ class Roofline:
 
 
 class _Estimator:
-    def __init__(self, text: str, rates: GpuRates):
+    def __init__(self, text: str, rates: ChipRates):
         self.comps, self.entry, self.n_dev = parse_hlo(text)
         self.rates = rates
         self._memo: dict[str, Roofline] = {}
@@ -270,8 +281,8 @@ class _Estimator:
     def _dot_time_flops(self, comp: Computation) -> tuple[float, float]:
         t = f = 0.0
         for ins in comp.instrs:
-            if ins.opcode == "dot":
-                fl = self._dot_flops(comp, ins)
+            if ins.opcode in ("dot", "convolution"):
+                fl = self._dot_flops(comp, ins) if ins.opcode == "dot" else self._conv_flops(comp, ins)
                 dtype = self._operand_dtype(comp, ins)
                 t += fl / self.rates.matmul_flops_per_s(dtype)
                 f += fl
@@ -297,6 +308,36 @@ class _Estimator:
         ldims = arrays(lhs.shape)[0][1]
         k = math.prod(ldims[i] for i in _dims(m.group(1)))
         return 2.0 * math.prod(out[0][1]) * k
+
+    def _conv_flops(self, comp: Computation, ins: Instr) -> float:
+        """2 x output batch x output features x kernel input features x, per spatial dimension, the (output,
+        window) position pairs that read the unpadded input (as XLA's HloCostAnalysis counts them)."""
+        m = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", ins.attrs)
+        srcs = [comp.by_name.get(o) for o in ins.operands[:2]]
+        if not m or len(srcs) < 2 or None in srcs or not arrays(ins.shape):
+            return 0.0
+        (ll, kl, ol), out = m.groups(), arrays(ins.shape)[0][1]
+        lhs, rhs = arrays(srcs[0].shape)[0][1], arrays(srcs[1].shape)[0][1]
+        window = (re.search(r"window=\{([^}]*)\}", ins.attrs) or re.search("()", "")).group(1)
+        opts = dict(kv.split("=") for kv in window.split() if "=" in kv)
+        n = sum(c.isdigit() for c in ol)
+
+        def per_dim(key: str, default: int) -> list[str]:
+            return opts[key].split("x") if key in opts else [str(default)] * n
+
+        pads = [p.split("_") for p in per_dim("pad", 0)] if "pad" in opts else [["0", "0"]] * n
+        strides, dilations = per_dim("stride", 1), per_dim("rhs_dilate", 1)
+        positions = 1
+        for s in range(n):
+            size, k_size, o_size = lhs[ll.index(str(s))], rhs[kl.index(str(s))], out[ol.index(str(s))]
+            lo, st, rd = int(pads[s][0]), int(strides[s]), int(dilations[s])
+            count = 0
+            for k in range(k_size):  # outputs o with 0 <= o * st + k * rd - lo < size
+                first = max(0, -(-(lo - k * rd) // st))
+                last = min(o_size - 1, (size - 1 + lo - k * rd) // st)
+                count += max(0, last - first + 1)
+            positions *= count
+        return 2.0 * out[ol.index("b")] * out[ol.index("f")] * rhs[kl.index("i")] * positions
 
     # -- HBM traffic of a fusion: operands and results, slices and in-place updates counted by the slice
     def _fusion_bytes(self, ins: Instr, fused: Computation | None, comp: Computation) -> float:
@@ -341,9 +382,9 @@ class _Estimator:
                 out.append((u, name))
         return out
 
-    def _bytes_of(self, comp: Computation, name: str) -> float:
+    def _bytes_of(self, comp: Computation, name: str, hbm_only: bool = True) -> float:
         src = comp.by_name.get(name)
-        return src.bytes if src is not None else 0.0
+        return shape_bytes(src.shape, hbm_only) if src is not None else 0.0
 
     # -- one computation (entry, loop body, branch)
     def cost(self, name: str) -> Roofline:
@@ -351,6 +392,7 @@ class _Estimator:
             return self._memo[name]
         comp = self.comps[name]
         r = Roofline()
+        channels: set[str] = set()  # collectives already priced in this computation (async start/done pairs)
         for ins in comp.instrs:
             op = ins.opcode
             if op in _FREE or op.endswith("-done"):
@@ -378,6 +420,21 @@ class _Estimator:
                 if sub in self.comps:
                     r.add(self.cost(sub))
                 continue
+            if op == "fusion" and self._wraps_collective(ins.attr("calls")):
+                # TPU: an asynchronous collective is a start and a done fusion, each holding the same collective
+                # (one channel_id); an all-reduce + dynamic-slice is fused into a reduce-scatter; an all-gather
+                # is fused with the matmul that consumes it. Price each collective once, and the fusion as a
+                # kernel only where it computes a product (not the start/done bookkeeping).
+                sub = self.comps[ins.attr("calls")]
+                for sub_ins in sub.instrs:
+                    base = sub_ins.opcode.removesuffix("-start")
+                    channel = re.search(r"channel_id=(\d+)", sub_ins.attrs)
+                    if base in _COLLECTIVES and not (channel and channel.group(1) in channels):
+                        channels.update([channel.group(1)] if channel else [])
+                        self._collective(sub, sub_ins, base, r)
+                if self._dot_time_flops(sub)[1]:
+                    self._kernel(comp, ins, r)
+                continue
             base = op.removesuffix("-start")
             if base in _COLLECTIVES:
                 self._collective(comp, ins, base, r)
@@ -385,6 +442,10 @@ class _Estimator:
             self._kernel(comp, ins, r)
         self._memo[name] = r
         return r
+
+    def _wraps_collective(self, name: str | None) -> bool:
+        comp = self.comps.get(name or "")
+        return comp is not None and any(i.opcode.removesuffix("-start") in _COLLECTIVES for i in comp.instrs)
 
     def _kernel(self, comp: Computation, ins: Instr, r: Roofline) -> None:
         op = ins.opcode
@@ -409,8 +470,12 @@ class _Estimator:
                 flop_t = flops / self.rates.matmul_flops_per_s(self._operand_dtype(comp, ins))
             elif target.startswith("__cudnn"):
                 r.warnings.append(f"cuDNN call {target}: FLOPs not counted (bytes only)")
-        elif op == "copy-start":  # an asynchronous copy: read and write its operand once
-            bytes_ = 2 * sum(self._bytes_of(comp, o) for o in ins.operands)
+        elif op == "copy-start":  # an asynchronous copy: read its operand, write its destination (result 0)
+            dest = _ARRAY.findall(ins.shape)[:1]
+            bytes_ = sum(self._bytes_of(comp, o) for o in ins.operands) + sum(
+                _ELEMENT_BYTES.get(t, 0) * math.prod(_dims(d)) for t, d, layout in dest if not _OFF_HBM.search(layout))
+        elif op == "slice-start":  # TPU: an asynchronous slice (into VMEM): reads the slice once
+            bytes_ = shape_bytes(ins.shape, False) - sum(self._bytes_of(comp, o, False) for o in ins.operands)
         elif op == "dynamic-update-slice":
             bytes_ = 2 * self._bytes_of(comp, ins.operands[1]) if len(ins.operands) > 1 else ins.bytes
         elif op in _SLICES:
@@ -421,7 +486,8 @@ class _Estimator:
                 flops = self._dot_flops(comp, ins)
                 flop_t = flops / self.rates.matmul_flops_per_s(self._operand_dtype(comp, ins))
             elif op == "convolution":
-                r.warnings.append(f"convolution {ins.name}: FLOPs not counted (bytes only)")
+                flops = self._conv_flops(comp, ins)
+                flop_t = flops / self.rates.matmul_flops_per_s(self._operand_dtype(comp, ins))
         mem_t = bytes_ / self.rates.hbm_bytes_per_s
         t = max(flop_t, mem_t)
         r.kernels += 1
@@ -461,17 +527,17 @@ class _Estimator:
         return per
 
     def _collective(self, comp: Computation, ins: Instr, base: str, r: Roofline) -> None:
-        in_bytes = sum(self._bytes_of(comp, o) for o in ins.operands)
+        in_bytes = sum(self._bytes_of(comp, o, hbm_only=False) for o in ins.operands)  # VMEM or HBM: on the wire
         groups = replica_groups(ins, self.n_dev)
         g = groups[0] if groups else [0]
         n = len(g)
         if base == "collective-permute" or base == "collective-broadcast":
             pairs = groups
-            crosses = any(len({d // self.rates.gpus_per_node for d in p}) > 1 for p in pairs)
+            crosses = any(len({d // self.rates.chips_per_node for d in p}) > 1 for p in pairs)
             wire = in_bytes
             local = 1
         else:
-            nodes = {d // self.rates.gpus_per_node for d in g}
+            nodes = {d // self.rates.chips_per_node for d in g}
             crosses = len(nodes) > 1
             local = max(1, n // max(1, len(nodes)))
             if n <= 1:
@@ -484,9 +550,9 @@ class _Estimator:
                 wire = (n - 1) / n * in_bytes
         if crosses:
             # NCCL runs one ring per NIC: a group with `local` members per node uses `local` NICs at once.
-            bw = min(self.rates.nvlink_bytes_per_s, local * self.rates.network_bytes_per_s)
+            bw = min(self.rates.link_bytes_per_s, local * self.rates.network_bytes_per_s)
         else:
-            bw = self.rates.nvlink_bytes_per_s
+            bw = self.rates.link_bytes_per_s
         t = wire / bw if wire else 0.0
         r.collectives += 1
         r.collective_bytes += wire
@@ -494,10 +560,10 @@ class _Estimator:
         if crosses:
             r.network_s += t
         else:
-            r.nvlink_s += t
+            r.link_s += t
 
 
-def roofline(hlo_text: str, rates: GpuRates) -> Roofline:
+def roofline(hlo_text: str, rates: ChipRates) -> Roofline:
     """Roofline step time of one compiled program (``compiled.as_text()``), per device."""
     est = _Estimator(hlo_text, rates)
     out = Roofline()

@@ -27,7 +27,13 @@ from jax_distill.plan.gpu import (
     parse_gpu_topology,
     usable_bytes,
 )
-from jax_distill.plan.roofline import GpuRates, Instr, parse_hlo, replica_groups, roofline
+from jax_distill.plan.roofline import (
+    ChipRates,
+    Instr,
+    parse_hlo,
+    replica_groups,
+    roofline,
+)
 
 GiB = 2**30
 DATA = Path(__file__).parent / "data"
@@ -38,10 +44,10 @@ needs_gpu_compiler = pytest.mark.skipif(
     reason=f"cannot compile for GPUs here: {_WHY}" if _WHY else
     f"XLA GPU target specs not found in {_SPECS} (set {GPU_SPECS_ENV} or JAX_DISTILL_SHARED_DATA)")
 
-H100 = GpuRates(peak_flops=989e12, hbm_bytes_per_s=3.35232e12, nvlink_bytes_per_s=450e9, network_bytes_per_s=50e9,
-                gpus_per_node=8)
-H200 = GpuRates(peak_flops=989e12, hbm_bytes_per_s=4.8e12, nvlink_bytes_per_s=450e9, network_bytes_per_s=50e9,
-                gpus_per_node=8)
+H100 = ChipRates(peak_flops=989e12, hbm_bytes_per_s=3.35232e12, link_bytes_per_s=450e9, network_bytes_per_s=50e9,
+                 chips_per_node=8)
+H200 = ChipRates(peak_flops=989e12, hbm_bytes_per_s=4.8e12, link_bytes_per_s=450e9, network_bytes_per_s=50e9,
+                 chips_per_node=8)
 
 
 # ------------------------------------------------------------------------------------------ names and specs
@@ -242,7 +248,7 @@ def test_gpu_plan_small_model_on_8xh100(capsys):
     assert out["flops_per_step"] == pytest.approx(train_flops_per_token(ModelConfig(preset="qwen2.5-0.5b"), 1024)
                                                   * 8 * 1024)
     rl = out["roofline"]
-    assert rl["flops"] > 0 and rl["attention_s"] > 0 and rl["nvlink_s"] > 0 and rl["network_s"] == 0
+    assert rl["flops"] > 0 and rl["attention_s"] > 0 and rl["link_s"] > 0 and rl["network_s"] == 0
     assert 0 < out["roofline_mfu"] < 1 and out["roofline_step_s"] == rl["overlapped_s"]
 
 
@@ -319,5 +325,5 @@ def test_gpu_plan_72b_on_8_nodes_of_8xh100(capsys):
     assert out["fits"] is True and out["nodes"] == 8 and out["mesh"] == {"data": 1, "fsdp": 64, "tensor": 1}
     assert 40 * GiB < out["per_chip_bytes"] < out["usable_bytes"]
     rl = out["roofline"]
-    assert rl["network_s"] > 0 and rl["nvlink_s"] == 0 and 0 < out["roofline_mfu"] < 1
+    assert rl["network_s"] > 0 and rl["link_s"] == 0 and 0 < out["roofline_mfu"] < 1
     assert any("max_position_embeddings 4096" in w for w in out["warnings"])
