@@ -151,6 +151,12 @@ def run_stage(run: Run, i: int, stage: StageConfig, graphdef: Any, weights: Weig
     batch_size = cfg.stage_batch_size(stage)
     if batch_size % (cfg.train.grad_accum * jax.process_count()):
         raise ValueError(f"stage {stage.name}: batch_size {batch_size} must divide by grad_accum x processes")
+    shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
+    if (batch_size // cfg.train.grad_accum) % shards:  # else the compiler's IndivisibleError, deep in tracing
+        raise ValueError(f"stage {stage.name}: each micro-batch (batch_size {batch_size} / grad_accum "
+                         f"{cfg.train.grad_accum}) splits over the {shards} data-parallel shards (mesh data x fsdp "
+                         f"{dict(run.mesh.shape)}); use a batch_size that is a multiple of "
+                         f"{shards * cfg.train.grad_accum}, or put chips on mesh.tensor")
     fns = build_step_fns(nnx.merge(graphdef, weights.params), make_optimizer(stage.optim, n_steps), run.mesh,
                          grad_accum=cfg.train.grad_accum)
     tok = load_tokenizer(stage.data.tokenizer)

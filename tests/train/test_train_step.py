@@ -174,3 +174,20 @@ def test_chunked_cross_entropy_pads_lengths_that_do_not_divide(seq):
     np.testing.assert_allclose(float(unrolled(h)), float(got_sum), rtol=1e-6)
     assert "while" in jax.jit(lambda x: chunked_cross_entropy(x, head, targets, mask, chunk=16)[0]).lower(h).compile().as_text()
     assert "while" not in unrolled.lower(h).compile().as_text()
+
+
+def test_train_refuses_a_batch_the_data_shards_do_not_divide(tmp_path, capsys):
+    """12 sequences over 8 FSDP shards: refused before the first step, naming the stage, the mesh and the fix (the
+    compiler would fail with an IndivisibleError deep in tracing)."""
+    from jax_distill.cli import main
+    from tests.conftest import REPO_ROOT
+
+    assert len(jax.devices()) == 8
+    rc = main(["train", "--config", str(REPO_ROOT / "configs" / "tiny_cpu.yaml"), "--no-progress",
+               f"output_dir={tmp_path}", f"checkpoint.dir={tmp_path / 'ckpt'}", "mesh.data=1", "mesh.fsdp=-1",
+               "train.batch_size=12"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "stage stage1_format: each micro-batch (batch_size 12 / grad_accum 1) splits over the 8 data-parallel " \
+           "shards" in err and "multiple of 8" in err
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
