@@ -2,7 +2,10 @@
 
 bench-small, fp32, batch 4 x seq 512 by default, AdamW, one device (CPU here; on a GPU run it there the same way).
 
-    python benchmarks/bench_train_step.py [--seq-len 4096 --batch 1] [--attention chunked]
+    python benchmarks/bench_train_step.py [--seq-len 4096 --batch 1] [--attention chunked] [--without-attention]
+
+``--without-attention`` (a diagnostic): both models with attention replaced by the identity (each head's output is
+its query), so the ratio shows whether a gap lies in attention or in everything else.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def main() -> None:
     ap.add_argument("--chunk-block", type=int, default=None,
                     help="block size of attention 'chunked' (default: 512 on CPU, see model.attention.CHUNK_BLOCK)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--without-attention", action="store_true",
+                    help="diagnostic: attention replaced by the identity in both (see the module docstring)")
     args = ap.parse_args()
     if args.chunk_block:
         attention_module.CHUNK_BLOCK = args.chunk_block
@@ -41,6 +46,17 @@ def main() -> None:
     B, S = args.batch, args.seq_len
     hf, ours = bench_small_pair()
     ours = with_config(ours, attention=args.attention)
+    if args.without_attention:
+        from transformers import AttentionInterface
+
+        def identity(q, k, v, mask, *_, **__):
+            return q
+
+        for name in ("chunked_attention", "xla_attention", "dot_product_attention"):
+            if hasattr(attention_module, name):  # the dispatcher looks these up at trace time
+                setattr(attention_module, name, identity)
+        AttentionInterface.register("identity", lambda module, q, k, v, mask, **kw: (q.transpose(1, 2), None))
+        hf.set_attn_implementation("identity")
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 8192, (B, S)).astype(np.int32)
     batch = {"input_ids": ids, "targets": np.roll(ids, -1, 1), "loss_mask": np.ones((B, S), np.float32),
@@ -94,7 +110,12 @@ def main() -> None:
             f"in this run. ({threads_note()})\n\n"
             f"Reproduce: `python benchmarks/bench_train_step.py --seq-len {S} --batch {B} --attention {args.attention}"
             + (f" --chunk-block {args.chunk_block}" if args.chunk_block else "") + "`")
-    record(f"SFT train step, seq {S} (issues 4, 16)", body)
+    if args.without_attention:
+        body = body.replace("bench-small SFT step", "bench-small SFT step **with attention replaced by the identity "
+                            "in both (diagnostic)**", 1).replace("(best of runs)", "(best of runs; FLOPs below still "
+                            "count attention, so GFLOP/s overstate)", 1)
+        body = body[:-1] + " --without-attention`"  # the Reproduce line ends the body
+    record(f"SFT train step, seq {S} (issues 4, 16)" + (", without attention" if args.without_attention else ""), body)
 
 
 if __name__ == "__main__":
