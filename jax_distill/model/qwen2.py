@@ -109,6 +109,22 @@ class KVCache(NamedTuple):
             v = jnp.zeros((cfg.num_hidden_layers, *shape), dtype)
         return cls(k, v, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((batch,) if per_row else (), jnp.int32))
 
+    def with_length(self, length: int) -> KVCache:
+        """This cache with its slot axis cut or zero-padded to ``length`` slots (new slots empty: segment id 0;
+        callers keep every filled slot below ``length``)."""
+
+        def fit(a, axis):
+            if length <= a.shape[axis]:
+                return jax.lax.slice_in_dim(a, 0, length, axis=axis)
+            widths = [(0, 0)] * a.ndim
+            widths[axis] = (0, length - a.shape[axis])
+            return jnp.pad(a, widths)
+
+        def slots(a):  # [.., T, head_dim]
+            return fit(a, a.ndim - 2)
+
+        return KVCache(jax.tree.map(slots, self.k), jax.tree.map(slots, self.v), fit(self.segment_ids, 1), self.index)
+
 
 CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")  # the stacked form
 

@@ -227,18 +227,7 @@ def _decode_traced(graphdef, params, layer_weights, cache, rows, sp, exit_at, st
 @functools.partial(jax.jit, static_argnames=("length", "layout"))
 def _resize(cache: KVCache, *, length: int, layout=None) -> KVCache:
     """The cache with its slot axis cut or zero-padded to ``length`` (callers keep every live slot below it)."""
-
-    def fit(a, axis):
-        t = a.shape[axis]
-        if length <= t:
-            return jax.lax.slice_in_dim(a, 0, length, axis=axis)
-        pad = [(0, 0)] * a.ndim
-        pad[axis] = (0, length - t)
-        return jnp.pad(a, pad)
-
-    k = jax.tree.map(lambda a: fit(a, a.ndim - 2), cache.k)
-    v = jax.tree.map(lambda a: fit(a, a.ndim - 2), cache.v)
-    return _pin_cache(KVCache(k, v, fit(cache.segment_ids, 1), cache.index), layout)
+    return _pin_cache(cache.with_length(length), layout)
 
 
 @functools.partial(jax.jit, static_argnames=("layout",))

@@ -153,15 +153,7 @@ def _prefill_padded(graphdef: Any, params: Any, tokens: jax.Array, segment_ids: 
 @functools.partial(jax.jit, static_argnames=("length", "cache_sharding"))
 def _grow(cache: KVCache, *, length: int, cache_sharding: Any = None) -> KVCache:
     """The cache with its slot axis zero-padded to ``length`` (new slots empty: segment id 0)."""
-
-    def pad(a, axis):
-        widths = [(0, 0)] * a.ndim
-        widths[axis] = (0, length - a.shape[axis])
-        return jnp.pad(a, widths)
-
-    k = jax.tree.map(lambda a: pad(a, a.ndim - 2), cache.k)
-    v = jax.tree.map(lambda a: pad(a, a.ndim - 2), cache.v)
-    return _pin_cache(KVCache(k, v, pad(cache.segment_ids, 1), cache.index), cache_sharding)
+    return _pin_cache(cache.with_length(length), cache_sharding)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "use_filter", "cap", "greedy_only", "cache_sharding"),
@@ -238,8 +230,8 @@ def generate(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]],
         if mesh is None:
             return None
         shape = (cfg.num_hidden_layers, b, cfg.num_key_value_heads, length, cfg.head_dim)
-        return named_sharding(mesh, CACHE_AXES[1:], shape[1:]) if unroll_layers else named_sharding(mesh, CACHE_AXES,
-                                                                                                     shape)
+        skip = 1 if unroll_layers else 0  # per-layer buffers have no layer axis
+        return named_sharding(mesh, CACHE_AXES[skip:], shape[skip:])
 
     sampling = (jnp.asarray(row_seeds), jnp.asarray(stops, jnp.int32), jnp.float32(temperature), jnp.float32(top_p),
                 jnp.int32(top_k))
@@ -262,8 +254,7 @@ def generate(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]],
             break
         window = min(total, window_bucket(window + 1))
         cache = _grow(cache, length=window, cache_sharding=cache_sharding(window))
-    out = state[4]
-    out = np.asarray(jax.device_get(out))[:n]
+    out = np.asarray(jax.device_get(state[4]))[:n]
     result = []
     stop_set = set(stops)
     for row in out:
