@@ -148,6 +148,16 @@ def parse_mesh_spec(spec: str, rules: Sequence[str] = (), *, decode: bool = Fals
     return cfg
 
 
+def batch_split_error(batch_size: int, grad_accum: int, data_shards: int) -> str | None:
+    """Why a batch of ``batch_size`` sequences cannot train on a mesh with ``data_shards`` = data x fsdp devices
+    (each micro-batch is split over them: the compiler would fail with an IndivisibleError), else None."""
+    if batch_size % grad_accum or (batch_size // grad_accum) % data_shards:
+        return (f"each micro-batch (batch_size {batch_size} / grad_accum {grad_accum}) splits over the {data_shards} "
+                f"data-parallel shards (mesh data x fsdp); use a batch_size that is a multiple of "
+                f"{data_shards * grad_accum}")
+    return None
+
+
 def make_mesh(cfg: MeshConfig | None = None, devices: Sequence[Any] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh over ``devices`` (default: all; AOT topology devices work too). Uses the
     physical topology when it can, so that the innermost axis (tensor) runs over the fastest links."""

@@ -246,17 +246,16 @@ def _describe(d: dict, args: argparse.Namespace, model_cfg, seq_len: int) -> dic
 
 
 def _check_batch(batch: int, grad_accum: int, mesh_cfg, topo) -> None:
-    """Refuse, naming --batch-size, a batch whose micro-batches do not split over the mesh's data-parallel shards
-    (training shards the batch over data x fsdp; the compiler would fail with an IndivisibleError)."""
+    """Refuse, naming --batch-size, a batch training could not split over the mesh (sharding.batch_split_error)."""
+    from jax_distill.sharding import batch_split_error
+
     try:
         data, fsdp, _ = mesh_cfg.shape(topo.chips)
     except ValueError as err:
         raise SystemExit(f"mesh for {topo.name}: {err}") from None
-    shards = data * fsdp
-    if batch % grad_accum or (batch // grad_accum) % shards:
-        raise SystemExit(f"--batch-size {batch}: training splits each micro-batch (batch / grad_accum {grad_accum}) "
-                         f"over the {shards} data-parallel shards (mesh data x fsdp) of {topo.name}; use a multiple "
-                         f"of {shards * grad_accum}")
+    why = batch_split_error(batch, grad_accum, data * fsdp)
+    if why:
+        raise SystemExit(f"--batch-size {batch}: {why}")
 
 
 def _run_gpu(args: argparse.Namespace, topo, model_cfg, mesh_cfg, seq_len: int, batch: int, grad_accum: int) -> int:

@@ -33,7 +33,7 @@ from jax_distill.model.flops import train_flops_per_token
 from jax_distill.model.hf_io import load_pretrained, save_pretrained
 from jax_distill.model.qwen2 import Qwen2ForCausalLM, init_model
 from jax_distill.paths import as_path
-from jax_distill.sharding import make_mesh, param_shardings
+from jax_distill.sharding import batch_split_error, make_mesh, param_shardings
 from jax_distill.train.checkpoint import Checkpointer, PreemptionGuard
 from jax_distill.train.config import RunConfig, StageConfig
 from jax_distill.train.distributed import initialize as initialize_distributed
@@ -151,12 +151,9 @@ def run_stage(run: Run, i: int, stage: StageConfig, graphdef: Any, weights: Weig
     batch_size = cfg.stage_batch_size(stage)
     if batch_size % (cfg.train.grad_accum * jax.process_count()):
         raise ValueError(f"stage {stage.name}: batch_size {batch_size} must divide by grad_accum x processes")
-    shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
-    if (batch_size // cfg.train.grad_accum) % shards:  # else the compiler's IndivisibleError, deep in tracing
-        raise ValueError(f"stage {stage.name}: each micro-batch (batch_size {batch_size} / grad_accum "
-                         f"{cfg.train.grad_accum}) splits over the {shards} data-parallel shards (mesh data x fsdp "
-                         f"{dict(run.mesh.shape)}); use a batch_size that is a multiple of "
-                         f"{shards * cfg.train.grad_accum}, or put chips on mesh.tensor")
+    why = batch_split_error(batch_size, cfg.train.grad_accum, run.mesh.shape["data"] * run.mesh.shape["fsdp"])
+    if why:
+        raise ValueError(f"stage {stage.name}: {why} (mesh {dict(run.mesh.shape)}; or put chips on mesh.tensor)")
     fns = build_step_fns(nnx.merge(graphdef, weights.params), make_optimizer(stage.optim, n_steps), run.mesh,
                          grad_accum=cfg.train.grad_accum)
     tok = load_tokenizer(stage.data.tokenizer)
