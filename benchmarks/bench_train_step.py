@@ -11,13 +11,15 @@ its query), so the ratio shows whether a gap lies in attention or in everything 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import common  # noqa: F401
 import jax
 import numpy as np
 import torch
 from _record import record
-from common import best_interleaved, bench_small_pair, threads_note, torch_matmul_peak, xla_matmul_peak
+from common import (bench_small_pair, interleaved_times, median_ratio, threads_note, torch_matmul_peak,
+                    xla_matmul_peak)
 
 import jax_distill.model.attention as attention_module
 from jax_distill.model.qwen2 import with_config
@@ -35,7 +37,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--attention", default="chunked", help="model.attention for ours (default: chunked)")
     ap.add_argument("--chunk-block", type=int, default=None,
-                    help="block size of attention 'chunked' (default: 512 on CPU, see model.attention.CHUNK_BLOCK)")
+                    help="block size of attention 'chunked' (default: 256 on CPU, see model.attention.block_layout)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--without-attention", action="store_true",
                     help="diagnostic: attention replaced by the identity in both (see the module docstring)")
@@ -87,15 +89,18 @@ def main() -> None:
 
     # Ours with layers scanned (the default), the same step with the layers unrolled (`model.scan_layers: false`:
     # no per-layer slicing of stacked weights, longer compiles), and PyTorch, timed in interleaved rounds so that
-    # load from other processes on the machine falls on all three alike; best round of each.
-    t_ours, t_unrolled, t_ref = best_interleaved(
-        [step_fn(ours), step_fn(with_config(ours, scan_layers=False)), ref_step], repeats=args.repeats, warmup=2)
+    # load from other processes on the machine falls on all three alike; median of each, ratios as the median of
+    # the per-round ratios.
+    rounds = interleaved_times([step_fn(ours), step_fn(with_config(ours, scan_layers=False)), ref_step],
+                               repeats=args.repeats, warmup=2)
+    t_ours, t_unrolled, t_ref = (statistics.median(col) for col in zip(*rounds))
+    r_ours, r_unrolled = median_ratio(rounds, 2, 0), median_ratio(rounds, 2, 1)
     tok = B * S
     flops = train_flops_per_token(ours.config, S) * tok
     peak_xla, peak_torch = xla_matmul_peak(), torch_matmul_peak()
     body = (f"bench-small SFT step (forward + backward + AdamW), fp32, batch {B} x seq {S}, one CPU device, "
             f"`model.attention: {args.attention}`{block} for ours, transformers' default attention (sdpa) for PyTorch "
-            f"(best of runs). FLOPs by `model.flops.train_flops_per_token` (6N + causal attention): "
+            f"(median of {args.repeats} interleaved rounds). FLOPs by `model.flops.train_flops_per_token` (6N + causal attention): "
             f"{flops / 1e9:.1f} GFLOP per step.\n\n"
             f"| implementation | tokens/s | achieved GFLOP/s | share of measured fp32 matmul peak |\n|---|---|---|---|\n"
             f"| jax_distill (jit, XLA) | {tok / t_ours:,.0f} | {flops / t_ours / 1e9:,.0f} | "
@@ -104,15 +109,15 @@ def main() -> None:
             f"{flops / t_unrolled / 1e9:,.0f} | {flops / t_unrolled / peak_xla:.0%} of XLA matmul |\n"
             f"| transformers + PyTorch {torch.__version__} | {tok / t_ref:,.0f} | {flops / t_ref / 1e9:,.0f} | "
             f"{flops / t_ref / peak_torch:.0%} of torch 2048^3 matmul ({peak_torch / 1e9:,.0f} GFLOP/s) |\n\n"
-            f"Ratio ours / PyTorch: **{t_ref / t_ours:.2f}x** (layers scanned, the default), "
-            f"**{t_ref / t_unrolled:.2f}x** (unrolled). The 1.5x goal would need "
+            f"Ratio ours / PyTorch (median of the rounds' ratios): **{r_ours:.2f}x** (layers scanned, the default), "
+            f"**{r_unrolled:.2f}x** (unrolled). The 1.5x goal would need "
             f"{1.5 * flops / t_ref / 1e9:,.0f} GFLOP/s, {1.5 * flops / t_ref / peak_xla:.2f}x the XLA matmul peak measured "
             f"in this run. ({threads_note()})\n\n"
             f"Reproduce: `python benchmarks/bench_train_step.py --seq-len {S} --batch {B} --attention {args.attention}"
             + (f" --chunk-block {args.chunk_block}" if args.chunk_block else "") + "`")
     if args.without_attention:
         body = body.replace("bench-small SFT step", "bench-small SFT step **with attention replaced by the identity "
-                            "in both (diagnostic)**", 1).replace("(best of runs)", "(best of runs; FLOPs below still "
+                            "in both (diagnostic)**", 1).replace("interleaved rounds)", "interleaved rounds; FLOPs below still "
                             "count attention, so GFLOP/s overstate)", 1)
         body = body[:-1] + " --without-attention`"  # the Reproduce line ends the body
     record(f"SFT train step, seq {S} (issues 4, 16)" + (", without attention" if args.without_attention else ""), body)

@@ -58,10 +58,15 @@ def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm as transformers computes it: statistics in float32, result cast back before the scale."""
-    x32 = x.astype(jnp.float32)
+    """RMSNorm as transformers computes it: statistics in float32, result cast back before the scale.
+
+    x [..., D]; weight [D]. Computed over the tokens flattened to one axis, [N, D]: with a batch of one, XLA:CPU
+    (YNNPACK fusions, jaxlib 0.10) runs a multiply-reduce over a [1, S, D] array, such as this norm's weight gradient,
+    ~60x slower than over [S, D] (33 ms vs 0.7 ms at 4096 x 512, per layer, per step)."""
+    shape = x.shape
+    x32 = x.reshape(-1, shape[-1]).astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return weight.astype(x.dtype) * normed.astype(x.dtype)
+    return (weight.astype(x.dtype) * normed.astype(x.dtype)).reshape(shape)
 
 
 def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
