@@ -210,6 +210,33 @@ def _first_key_blocks(seg: jax.Array, blk: int) -> jax.Array:
     return jnp.where((seg.min() >= 0) & (seg.max() <= s), start, 0).astype(jnp.int32)
 
 
+def _unmasked_tiles(seg: jax.Array, blk: int) -> jax.Array:
+    """bool [n, n]: tile (query block i, key block j) has every key visible to every query, in every row, so it needs
+    no mask: j < i (below the diagonal) and, in each row, both blocks lie in one and the same document. True for all
+    but the diagonal in unpacked rows; around each document boundary in packed ones."""
+    b, s = seg.shape
+    blocks = seg.reshape(b, s // blk, blk)
+    lo, hi = blocks.min(-1), blocks.max(-1)
+    doc = jnp.where((lo == hi) & (lo > 0), lo, -1)  # [B, n]: the block's one document, or -1
+    same = jnp.all((doc[:, :, None] == doc[:, None, :]) & (doc[:, :, None] > 0), axis=0)
+    n = s // blk
+    return same & (jnp.arange(n)[None, :] < jnp.arange(n)[:, None])
+
+
+def _unmasked_runs(seg: jax.Array, blk: int, first: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(lo [n], hi [n]) int32: for query block i, key blocks lo[i]..i-1 are unmasked tiles (forward); for key block
+    j, query blocks j+1..hi[j]-1 are (backward). Each is the contiguous run next to the diagonal; tiles outside it
+    keep the mask (and the skip of wholly invisible blocks)."""
+    free = _unmasked_tiles(seg, blk)
+    n = free.shape[0]
+    idx = jnp.arange(n, dtype=jnp.int32)
+    below = idx[None, :] < idx[:, None]  # [i, j]: j < i
+    lo = jnp.max(jnp.where(below & ~free, idx[None, :] + 1, 0), axis=1)
+    lo = jnp.clip(jnp.maximum(lo, first), 0, idx)
+    hi = jnp.min(jnp.where(below & ~free, idx[:, None], n), axis=0)
+    return lo.astype(jnp.int32), jnp.maximum(hi, idx + 1).astype(jnp.int32)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _flash(q, k, v, seg, blk):
     return _flash_fwd(q, k, v, seg, blk)[0]
@@ -224,24 +251,34 @@ def _flash_fwd(q, k, v, seg, blk):
     kb_t, vb = _blocked(jnp.swapaxes(_kv_blocks(k, blk), -1, -2)), _blocked(_kv_blocks(v, blk))
     seg_q, seg_k = _segment_blocks(seg, blk, g)
     first = _first_key_blocks(seg, blk)
+    lo, _ = _unmasked_runs(seg, blk, first)
 
     def query_block(i):
         qi, sq = qb[i], seg_q[i]
 
-        def key_block(j, carry):
+        def key_block(j, carry, masked=True):
             m, l, acc = carry
             scores = jnp.einsum("bkqd,bkds->bkqs", qi, kb_t[j], preferred_element_type=jnp.float32)
-            visible = _tile_mask(sq, seg_k[j], i, j, blk, g)
-            m_new = jnp.maximum(m, jnp.where(visible, scores, _MASK_VALUE).max(-1))
-            p = jnp.where(visible, jnp.exp(scores - m_new[..., None]), 0.0)
+            if masked:
+                visible = _tile_mask(sq, seg_k[j], i, j, blk, g)
+                m_new = jnp.maximum(m, jnp.where(visible, scores, _MASK_VALUE).max(-1))
+                p = jnp.where(visible, jnp.exp(scores - m_new[..., None]), 0.0)
+            else:
+                m_new = jnp.maximum(m, scores.max(-1))
+                p = jnp.exp(scores - m_new[..., None])
             corr = jnp.exp(m - m_new)
             pv = jnp.einsum("bkqs,bksd->bkqd", p.astype(v.dtype), vb[j], preferred_element_type=jnp.float32)
             return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv
 
         init = (jnp.full(qi.shape[:-1], _MASK_VALUE, jnp.float32), jnp.zeros(qi.shape[:-1], jnp.float32),
                 jnp.zeros(qi.shape, jnp.float32))
-        # key blocks first[i]..i: none above the diagonal, none wholly in earlier documents
-        m, l, acc = lax.fori_loop(jnp.minimum(first[i], i + 1), i + 1, key_block, init)
+        # Key blocks first[i]..i: none above the diagonal, none wholly in earlier documents. Those in lo[i]..i-1
+        # are visible whole and skip the mask's elementwise work (on CPU about half a tile's time besides its two
+        # products); the diagonal tile and blocks before lo[i] keep it.
+        start = jnp.minimum(first[i], i + 1)
+        carry = lax.fori_loop(start, jnp.maximum(lo[i], start), key_block, init)
+        carry = lax.fori_loop(jnp.maximum(lo[i], start), i, functools.partial(key_block, masked=False), carry)
+        m, l, acc = lax.cond(i >= start, key_block, lambda j, c: c, i, carry)
         seen = l > 0  # false only for a query that sees no key (padding): output 0, no gradient
         safe = jnp.where(seen, l, 1.0)
         return (acc / safe[..., None]).astype(q.dtype), jnp.where(seen, m + jnp.log(safe), jnp.inf)
@@ -265,18 +302,20 @@ def _flash_bwd(blk, res, dout):
     kb, vb = _blocked(_kv_blocks(k, blk)), _blocked(_kv_blocks(v, blk))
     seg_q, seg_k = _segment_blocks(seg, blk, g)
     first = _first_key_blocks(seg, blk)
+    _, hi = _unmasked_runs(seg, blk, first)
 
     def key_block(dq, j):
         kj, vj = kb[j], vb[j]
 
-        def tile(i, carry):
+        def tile(i, carry, masked=True):
             # The tile transposed ([key, query] rows): the dv and dk products then contract over queries as plain
             # matmuls (XLA:CPU runs a product that contracts the leading axis of both operands at half speed).
             dq, dk, dv = carry
             qi, doi = qb[i], dob[i]
             scores_t = jnp.einsum("bksd,bkqd->bksq", kj, qi, preferred_element_type=jnp.float32)
-            visible_t = jnp.swapaxes(_tile_mask(seg_q[i], seg_k[j], i, j, blk, g), -1, -2)
-            p_t = jnp.where(visible_t, jnp.exp(scores_t - lse[i][..., None, :]), 0.0)
+            p_t = jnp.exp(scores_t - lse[i][..., None, :])
+            if masked:
+                p_t = jnp.where(jnp.swapaxes(_tile_mask(seg_q[i], seg_k[j], i, j, blk, g), -1, -2), p_t, 0.0)
             dv = dv + jnp.einsum("bksq,bkqd->bksd", p_t.astype(dout.dtype), doi, preferred_element_type=jnp.float32)
             dp_t = jnp.einsum("bksd,bkqd->bksq", vj, doi, preferred_element_type=jnp.float32)
             ds_t = (p_t * (dp_t - delta[i][..., None, :])).astype(q.dtype)
@@ -290,7 +329,10 @@ def _flash_bwd(blk, res, dout):
             return lax.cond(j >= first[i], tile, lambda i, c: c, i, carry)
 
         zero = jnp.zeros(kj.shape, jnp.float32)
-        dq, dk, dv = lax.fori_loop(j, n, query_block, (dq, zero, zero))  # query blocks j..n-1: on/below diagonal
+        # query blocks j..n-1 (on or below the diagonal); j+1..hi[j]-1 are the unmasked tiles of the forward pass
+        carry = query_block(j, (dq, zero, zero))
+        carry = lax.fori_loop(j + 1, hi[j], functools.partial(tile, masked=False), carry)
+        dq, dk, dv = lax.fori_loop(hi[j], n, query_block, carry)
         return dq, (dk, dv)
 
     dq_t = jnp.zeros(jnp.swapaxes(qb, -1, -2).shape, jnp.float32)  # [n, B, K, D, G*blk]

@@ -70,6 +70,28 @@ def test_chunked_fp32_equals_reference(s, chunk):
     assert_matches_reference(lambda q, k, v: chunked_attention(q, k, v, spec, chunk), q, k, v, spec, 1e-5)
 
 
+def test_chunked_unmasked_interior_tiles_equal_reference():
+    """Tiles whose keys every query sees, in every row, skip the mask: one document per row, and packed rows whose
+    boundaries fall at different blocks (masked and unmasked tiles mixed, in both passes)."""
+    from jax_distill.model.attention import _first_key_blocks, _unmasked_runs, _unmasked_tiles
+
+    s, blk = 128, 16
+    rows = np.stack([packed_row(s, [s]), packed_row(s, [40, 88]), packed_row(s, [s - 5])])  # last: 5 padding
+    rng = np.random.default_rng(3)
+    q, k, v = (jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((3, s, 4, 16), (3, s, 2, 16), (3, s, 2, 16)))
+    slots = jnp.arange(s, dtype=jnp.int32)
+    spec = MaskSpec(jnp.asarray(rows), jnp.asarray(rows), slots, slots)
+    free = np.asarray(_unmasked_tiles(spec.q_segment_ids, blk))
+    # blocks 0-1 lie in every row's first document, blocks 3-6 in one document per row; block 2 holds row 1's
+    # boundary, block 7 row 2's padding
+    assert free[1, 0] and free[6, 3] and not free[2, 1] and not free[3, 2] and not free[7, 6] and not free.diagonal().any()
+    lo, hi = _unmasked_runs(spec.q_segment_ids, blk, _first_key_blocks(spec.q_segment_ids, blk))
+    assert list(np.asarray(lo)) == [0, 0, 2, 3, 3, 3, 3, 7] and list(np.asarray(hi)) == [2, 2, 3, 7, 7, 7, 7, 8]
+    assert_matches_reference(lambda q, k, v: chunked_attention(q, k, v, spec, blk), q, k, v, spec, 1e-5)
+    one = MaskSpec(spec.q_segment_ids[:1], spec.q_segment_ids[:1], slots, slots)
+    assert_matches_reference(lambda q, k, v: chunked_attention(q, k, v, one, blk), q[:1], k[:1], v[:1], one, 1e-5)
+
+
 def test_chunked_bf16_equals_reference():
     q, k, v, spec = batch(100, jnp.bfloat16, h=6, kh=2)
     assert_matches_reference(lambda q, k, v: chunked_attention(q, k, v, spec, 32), q, k, v, spec, 2e-2)
