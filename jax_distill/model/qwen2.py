@@ -103,10 +103,10 @@ class KVCache(NamedTuple):
 
     @classmethod
     def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None, per_row: bool = False) -> KVCache:
-        """An empty cache: stacked when ``cfg.scan_layers``, else one buffer per layer; ``per_row``: an index per row."""
+        """An empty cache: stacked when the layers are scanned, else one buffer per layer; ``per_row``: an index per row."""
         dtype = dtype or jnp.dtype(cfg.dtype)
         shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
-        if not cfg.scan_layers:
+        if not cfg.layers_scanned():
             k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
             v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
         else:
@@ -297,7 +297,7 @@ class Qwen2ForCausalLM(nnx.Module):
                 return y, None
 
             body = _remat(body, cfg.remat)
-            if cfg.scan_layers:
+            if cfg.layers_scanned():
                 x, _ = jax.lax.scan(body, x, weights)
             else:
                 for i in range(cfg.num_hidden_layers):

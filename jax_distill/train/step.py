@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_distill.model.config import ModelConfig
-from jax_distill.model.qwen2 import Qwen2ForCausalLM
+from jax_distill.model.qwen2 import Qwen2ForCausalLM, with_config
 from jax_distill.sharding import Rules, batch_sharding, constrain, current_rules, param_shardings, traced_on
 
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
@@ -133,6 +133,8 @@ def build_step_fns(model: Qwen2ForCausalLM | Any, optimizer: optax.GradientTrans
     are replicated.
     """
     rules = current_rules() if rules is None else rules
+    if model.config.scan_layers is None:  # auto: decided by the devices the step runs on, not the host's backend
+        model = with_config(model, scan_layers=model.config.layers_scanned(mesh.devices.flat[0].platform))
     graphdef, _ = nnx.split(model)
     p_shard = param_shardings(model, mesh, rules)
     abstract_params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype),
