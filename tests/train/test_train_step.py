@@ -191,3 +191,26 @@ def test_train_refuses_a_batch_the_data_shards_do_not_divide(tmp_path, capsys):
     assert "stage stage1_format: each micro-batch (batch_size 12 / grad_accum 1) splits over the 8 data-parallel " \
            "shards" in err and "multiple of 8" in err
     assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
+
+
+def test_layers_scan_on_accelerators_and_unroll_in_cpu_steps():
+    """`model.scan_layers` auto (None): scanned for TPU/GPU devices, unrolled for CPU ones; an explicit value wins.
+    A CPU step built from the auto config runs unrolled and gives the scanned step's loss and gradients."""
+    assert not CFG.layers_scanned("cpu") and CFG.layers_scanned("tpu") and CFG.layers_scanned("gpu")
+    assert ModelConfig(scan_layers=True).layers_scanned("cpu") and not ModelConfig(scan_layers=False).layers_scanned("tpu")
+    from jax_distill.model.qwen2 import with_config
+
+    model = init_model(CFG, seed=5)
+    mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    batch = packed_batch(b=2)
+    opt = make_optimizer(OptimConfig(learning_rate=1e-3), 10)
+    auto = build_step_fns(model, opt, mesh)
+    scanned = build_step_fns(with_config(model, scan_layers=True), opt, mesh)
+    assert nnx.merge(auto.graphdef, nnx.state(model)).config.scan_layers is False
+    loops = [fns.step.lower(fns.init(model_params(model)), batch).as_text().count("stablehlo.while")
+             for fns in (auto, scanned)]
+    assert loops[0] == 0 and loops[1] >= 1, loops  # this config has no other loop (one loss chunk, dense attention)
+    _, m_auto = auto.step(auto.init(model_params(model)), batch)
+    _, m_scan = scanned.step(scanned.init(model_params(model)), batch)
+    np.testing.assert_allclose(m_auto["loss"], m_scan["loss"], rtol=1e-6)
+    np.testing.assert_allclose(m_auto["grad_norm"], m_scan["grad_norm"], rtol=1e-5)
