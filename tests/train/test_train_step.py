@@ -8,7 +8,7 @@ from flax import nnx
 
 from jax_distill import load_pretrained
 from jax_distill.model.config import ModelConfig
-from jax_distill.model.qwen2 import init_model
+from jax_distill.model.qwen2 import init_model, with_config
 from jax_distill.sharding import MeshConfig, make_mesh
 from jax_distill.train.config import OptimConfig
 from jax_distill.train.optim import lr_schedule, make_optimizer
@@ -198,8 +198,6 @@ def test_layers_scan_on_accelerators_and_unroll_in_cpu_steps():
     A CPU step built from the auto config runs unrolled and gives the scanned step's loss and gradients."""
     assert not CFG.layers_scanned("cpu") and CFG.layers_scanned("tpu") and CFG.layers_scanned("gpu")
     assert ModelConfig(scan_layers=True).layers_scanned("cpu") and not ModelConfig(scan_layers=False).layers_scanned("tpu")
-    from jax_distill.model.qwen2 import with_config
-
     model = init_model(CFG, seed=5)
     mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
     batch = packed_batch(b=2)
