@@ -3,6 +3,7 @@
 bench-small, fp32, batch 4 x seq 512 by default, AdamW, one device (CPU here; on a GPU run it there the same way).
 
     python benchmarks/bench_train_step.py [--seq-len 4096 --batch 1] [--attention chunked] [--without-attention]
+        [--malloc tcmalloc]
 
 ``--without-attention`` (a diagnostic): both models with attention replaced by the identity (each head's output is
 its query), so the ratio shows whether a gap lies in attention or in everything else.
@@ -18,8 +19,8 @@ import jax
 import numpy as np
 import torch
 from _record import record
-from common import (bench_small_pair, interleaved_times, median_ratio, threads_note, torch_matmul_peak,
-                    xla_matmul_peak)
+from common import (bench_small_pair, interleaved_times, median_ratio, page_faults, run_under_malloc, threads_note,
+                    torch_matmul_peak, xla_matmul_peak)
 
 import jax_distill.model.attention as attention_module
 from jax_distill.model.qwen2 import with_config
@@ -41,7 +42,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--without-attention", action="store_true",
                     help="diagnostic: attention replaced by the identity in both (see the module docstring)")
+    ap.add_argument("--malloc", choices=("glibc", "tcmalloc"), default="glibc",
+                    help="heap allocator of this process, for ours and PyTorch alike (tcmalloc: re-run with it "
+                         "preloaded; see docs/benchmarks.md, 'Page faults')")
     args = ap.parse_args()
+    run_under_malloc(args.malloc)
     if args.chunk_block:
         attention_module.CHUNK_BLOCK = args.chunk_block
     block = f", block {attention_module.block_layout(args.seq_len)[0]}" if args.attention == "chunked" else ""
@@ -91,9 +96,10 @@ def main() -> None:
     # scanned (`model.scan_layers: true`, the TPU/GPU choice), and PyTorch, timed in interleaved rounds so that
     # load from other processes on the machine falls on all three alike; median of each, ratios as the median of
     # the per-round ratios.
-    rounds = interleaved_times([step_fn(ours), step_fn(with_config(ours, scan_layers=True)), ref_step],
-                               repeats=args.repeats, warmup=2)
+    contenders = [step_fn(ours), step_fn(with_config(ours, scan_layers=True)), ref_step]
+    rounds = interleaved_times(contenders, repeats=args.repeats, warmup=2)
     t_ours, t_scanned, t_ref = (statistics.median(col) for col in zip(*rounds))
+    (f_ours, sys_ours), (f_ref, sys_ref) = page_faults(contenders[0]), page_faults(contenders[2])
     r_ours, r_scanned = median_ratio(rounds, 2, 0), median_ratio(rounds, 2, 1)
     tok = B * S
     flops = train_flops_per_token(ours.config, S) * tok
@@ -113,14 +119,19 @@ def main() -> None:
             f"**{r_scanned:.2f}x** (scanned). The 1.5x goal would need "
             f"{1.5 * flops / t_ref / 1e9:,.0f} GFLOP/s, {1.5 * flops / t_ref / peak_xla:.2f}x the XLA matmul peak measured "
             f"in this run. ({threads_note()})\n\n"
+            f"Page faults in one step (this process's minor faults, x 4 KiB; kernel CPU time): ours "
+            f"{f_ours:,} ({f_ours * 4 / 2**20:.2f} GiB, {sys_ours:.2f} s), PyTorch {f_ref:,} ({f_ref * 4 / 2**20:.2f} GiB, "
+            f"{sys_ref:.2f} s).\n\n"
             f"Reproduce: `python benchmarks/bench_train_step.py --seq-len {S} --batch {B} --attention {args.attention}"
-            + (f" --chunk-block {args.chunk_block}" if args.chunk_block else "") + "`")
+            + (f" --chunk-block {args.chunk_block}" if args.chunk_block else "")
+            + (f" --malloc {args.malloc}" if args.malloc != "glibc" else "") + "`")
     if args.without_attention:
         body = body.replace("bench-small SFT step", "bench-small SFT step **with attention replaced by the identity "
                             "in both (diagnostic)**", 1).replace("interleaved rounds)", "interleaved rounds; FLOPs below still "
                             "count attention, so GFLOP/s overstate)", 1)
         body = body[:-1] + " --without-attention`"  # the Reproduce line ends the body
-    record(f"SFT train step, seq {S} (issues 4, 16)" + (", without attention" if args.without_attention else ""), body)
+    record(f"SFT train step, seq {S} (issues 4, 16)" + (", without attention" if args.without_attention else "")
+           + (f", {args.malloc}" if args.malloc != "glibc" else ""), body)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,48 @@ def torch_matmul_peak(n: int = 2048) -> float:
     return 2 * n**3 / t
 
 
+def malloc_in_use() -> str:
+    """The heap allocator of this process: "tcmalloc" or "jemalloc" when one is preloaded, else "glibc"."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "unknown"
+    return next((name for name in ("tcmalloc", "jemalloc") if f"lib{name}" in maps), "glibc")
+
+
+# Where Debian/Ubuntu's libtcmalloc-minimal4 (and google-perftools' libtcmalloc4) put the library.
+TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
+                  "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4")
+
+
+def run_under_malloc(name: str) -> None:
+    """Re-execute this script with ``name`` ("tcmalloc") preloaded, unless it already is; "glibc": as it is.
+
+    Our step and the reference run in one process, so both get the same allocator. It matters on CPU: XLA returns
+    each step's scratch (about 2 GiB for bench-small at 4096 tokens) to glibc, which unmaps it, so every step
+    faults it back in page by page; tcmalloc keeps it (docs/benchmarks.md, "Page faults")."""
+    if name == "glibc" or malloc_in_use() == name:
+        return
+    lib = next((p for p in TCMALLOC_PATHS if Path(p).exists()), None)
+    if name != "tcmalloc" or lib is None:
+        raise SystemExit(f"--malloc {name}: library not found in {', '.join(TCMALLOC_PATHS)} "
+                         "(Debian/Ubuntu: apt install libtcmalloc-minimal4)")
+    env = dict(os.environ, LD_PRELOAD=":".join(filter(None, [lib, os.environ.get("LD_PRELOAD")])))
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def page_faults(fn: Callable[[], object]) -> tuple[int, float]:
+    """(minor page faults, kernel CPU seconds) of this whole process during one call of ``fn``."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    fn()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime
+
+
 def threads_note() -> str:
     import torch
 
-    return f"torch threads {torch.get_num_threads()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+    return (f"torch threads {torch.get_num_threads()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+            f"malloc {malloc_in_use()}")
