@@ -106,8 +106,8 @@ def cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -
 # ----------------------------------------------------------------------------------------------------------------
 # chunked: block-causal flash attention in plain JAX
 
-# Block size of ``chunked``; None = per backend: 1024 on GPU (faster than 512 at 16k on H100 and H200), else 512
-# (faster than 256 and 1024 on XLA:CPU for bench-small at 4096). Any block gives the same result (docs/benchmarks.md).
+# Block size of ``chunked``; None = per backend (see block_layout): 1024 on GPU (faster than 512 at 16k on H100 and
+# H200), 256 on CPU, else 512. Any block gives the same result (docs/benchmarks.md).
 CHUNK_BLOCK: int | None = None
 
 
