@@ -266,7 +266,7 @@ class Engine:
                  rules: Rules | None = None):
         if slots < 1 or chunk_steps < 1:
             raise ValueError("slots and chunk_steps must be >= 1")
-        if model.config.scan_layers is None or model.config.scan_layers == unroll_layers:
+        if model.config.scan_layers != (not unroll_layers):  # auto (None) or the other choice
             model = with_config(model, scan_layers=not unroll_layers)
         self.model = model
         self.graphdef, self.params = nnx.split(model)

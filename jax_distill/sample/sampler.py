@@ -221,7 +221,7 @@ def generate(model: Qwen2ForCausalLM, prompt_token_ids: Sequence[Sequence[int]],
         seg[i, p_len - len(p):] = 1
     seg[n:, -1] = 1  # filler rows (batch bucket) decode a pad token; their output is dropped
     row_seeds = np.asarray(seeds + [0] * (b - n), np.uint32)
-    if model.config.scan_layers is None or model.config.scan_layers == unroll_layers:
+    if model.config.scan_layers != (not unroll_layers):  # auto (None) or the other choice
         model = with_config(model, scan_layers=not unroll_layers)
     graphdef, params = nnx.split(model)
     cfg = model.config
